@@ -1,0 +1,326 @@
+"""One upstream provider: its breaker, stats windows, model windows and counters.
+
+Every attempt is recorded in three places under the provider's one lock: the
+breaker's decision window, the provider's stats window (never cleared; behind
+health, dashboard and gauges) and the model's stats window. Monotonic
+counters (requests, cost, retries, a duration histogram) feed Prometheus.
+
+The fast path: a fast success on a closed breaker takes no lock. It is
+appended to a deque (atomic in CPython) and folded into the windows in a
+batch by whoever next takes the lock — a failure, a snapshot, a bucket
+change, or a full batch — so counts stay exact under threads.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import Counter, deque
+
+from resilience import _health
+from resilience._breaker import CLOSED, DISABLED, Breaker
+from resilience._clock import Clock
+from resilience._config import OUTCOMES, ResolvedPolicy
+from resilience._errors import CircuitOpenError
+from resilience._histogram import (
+    DURATION_BUCKETS,
+    PROMETHEUS_INDEX,
+    SIZE,
+    bucket_of,
+    cumulative_at,
+)
+from resilience._snapshot import ModelSnapshot, ProviderSnapshot
+from resilience._window import REJECTED, SUCCESS, TimeWindow, outcome_index
+
+OTHER = "other"
+"""The label that overflowing provider and model names fold into."""
+
+MAX_LABEL_LENGTH = 128
+FOLD_BATCH = 4096
+
+
+class Provider:
+    """A provider: create through :meth:`resilience.ProviderRegistry.register`.
+
+    ``state`` is the breaker's state name; :meth:`force_open`, :meth:`disable`
+    and :meth:`reset` are manual control.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        policy: ResolvedPolicy,
+        *,
+        clock: Clock,
+        max_models: int,
+        explicit: bool = True,
+        hosts: tuple[str, ...] = (),
+    ) -> None:
+        self.name = name
+        self.policy = policy
+        self.explicit = explicit
+        self.hosts = hosts
+        self.clock = clock
+        self._lock = threading.Lock()
+        self.breaker = Breaker(
+            name, policy.breaker, clock=clock, lock=self._lock,
+            throttled_is_failure=policy.throttled_is_failure,
+        )
+        self.stats = TimeWindow(policy.stats_window_seconds)
+        self._max_models = max_models
+        self._models: dict[str, TimeWindow] = {}
+        self._pending: deque[float] = deque()
+        self._model_pending: dict[TimeWindow, deque[float]] = {}
+        self._fold_width = min(self.stats.bucket_seconds, _decision_bucket(self.breaker))
+        self._fold_at = -math.inf
+        self._slow_s = float(policy.breaker.slow_call_seconds)  # type: ignore[arg-type]
+        self.requests_total = [0] * len(OUTCOMES)
+        self.cost_total = 0.0
+        self.retries_total: dict[str, int] = {}
+        self.latency_counts = [0] * SIZE  # lifetime, for the Prometheus histogram
+        self.duration_sum = 0.0
+        self.model_overflows = 0
+        self.errors: dict[str, int] = {}
+
+    def __repr__(self) -> str:
+        return f"<Provider {self.name!r} {self.breaker._state}>"
+
+    # -- manual control --------------------------------------------------------
+
+    @property
+    def state(self) -> str:
+        """The breaker state: closed, open, half_open, forced_open or disabled."""
+        return self.breaker.state
+
+    def force_open(self) -> None:
+        """Reject every call until :meth:`reset`."""
+        self._control(self.breaker.force_open_locked)
+
+    def disable(self) -> None:
+        """Admit every call and never trip; outcomes are still recorded."""
+        self._control(self.breaker.disable_locked)
+
+    def reset(self) -> None:
+        """Back to ``closed``; the stats window is kept."""
+        self._control(self.breaker.reset_locked)
+
+    def _control(self, action: object) -> None:
+        now = self.clock()
+        with self._lock:
+            self._fold_locked(now)
+            action(now)  # type: ignore[operator]  # a bound *_locked method
+        self.breaker.notify()
+
+    # -- labels ----------------------------------------------------------------
+
+    def model_window(self, model: str | None) -> TimeWindow | None:
+        """The stats window of a model, created on first use; names past ``max_models`` fold."""
+        if model is None:
+            return None
+        window = self._models.get(model)
+        if window is not None:
+            return window
+        return self._new_model_window(model)
+
+    def _new_model_window(self, model: str) -> TimeWindow:
+        key = model if len(model) <= MAX_LABEL_LENGTH else model[:MAX_LABEL_LENGTH]
+        with self._lock:
+            window = self._models.get(key)
+            if window is None:
+                if len(self._models) >= self._max_models and key != OTHER:
+                    self.model_overflows += 1
+                    key = OTHER
+                    window = self._models.get(OTHER)
+                    if window is not None:
+                        return window
+                window = self._models[key] = TimeWindow(self.policy.stats_window_seconds)
+                self._model_pending[window] = deque()
+        return window
+
+    def pending_for(self, model: TimeWindow | None) -> deque[float]:
+        """Where fast successes of this model wait to be folded."""
+        return self._pending if model is None else self._model_pending[model]
+
+    def count_error(self, kind: str) -> None:
+        """Count an instrumentation error (a bad cost body, a metrics error ...)."""
+        with self._lock:
+            self.errors[kind] = self.errors.get(kind, 0) + 1
+
+    def count_retry(self, reason: str) -> None:
+        """Count a retry the transport is about to make."""
+        with self._lock:
+            self.retries_total[reason] = self.retries_total.get(reason, 0) + 1
+
+    # -- permits ---------------------------------------------------------------
+
+    def admit(self, model: TimeWindow | None = None) -> int:
+        """A permit for one attempt, or :class:`CircuitOpenError` (recorded as ``rejected``)."""
+        breaker = self.breaker
+        state = breaker._state
+        if state is CLOSED or state is DISABLED:
+            return breaker.permit
+        now = self.clock()
+        with self._lock:
+            permit = breaker.try_acquire_locked(now)
+            if permit is None:
+                self.stats.record(now, REJECTED)
+                if model is not None:
+                    model.record(now, REJECTED)
+                self.requests_total[REJECTED] += 1
+                retry_after, state = breaker.retry_after_locked(now), breaker._state
+        breaker.notify()
+        if permit is None:
+            raise CircuitOpenError(self.name, retry_after, state)
+        return permit
+
+    def release(self, permit: int) -> None:
+        """Give back a permit whose call ended without a result (cancelled)."""
+        with self._lock:
+            self.breaker.release_locked(permit)
+        self.breaker.notify()
+
+    # -- recording -------------------------------------------------------------
+
+    def record_success(self, permit: int, duration: float, now: float, model: TimeWindow | None) -> None:
+        """A success without cost: lock-free while closed and fast, else :meth:`record`."""
+        breaker = self.breaker
+        if breaker._state is CLOSED and duration < self._slow_s and permit == breaker.permit:
+            pending = self.pending_for(model)
+            pending.append(duration)
+            breaker._consecutive = 0
+            if now >= self._fold_at or len(pending) >= FOLD_BATCH:
+                self.fold(now)
+            return
+        self.record(permit, "success", duration, model=model, now=now)
+
+    def record(
+        self,
+        permit: int,
+        outcome: str,
+        duration: float,
+        *,
+        model: TimeWindow | None = None,
+        cost: float | None = None,
+        cost_unknown: bool = False,
+        input_tokens: int = 0,
+        output_tokens: int = 0,
+        retry_after: float | None = None,
+        now: float | None = None,
+    ) -> None:
+        """Record one attempt's outcome everywhere and move the breaker."""
+        index = outcome_index(outcome)
+        if now is None:
+            now = self.clock()
+        slow = duration >= self._slow_s
+        if cost is not None and not (math.isfinite(cost) and cost >= 0):
+            cost, cost_unknown = None, True
+            self.count_error("invalid_cost")
+        with self._lock:
+            self._fold_locked(now)
+            for window in (self.stats, model):
+                if window is not None:
+                    window.record(
+                        now, index, duration, slow=slow, cost=cost, cost_unknown=cost_unknown,
+                        input_tokens=input_tokens, output_tokens=output_tokens,
+                    )
+            self.requests_total[index] += 1
+            if index != REJECTED:
+                self.latency_counts[bucket_of(duration)] += 1
+                self.duration_sum += duration
+            if cost is not None:
+                self.cost_total += cost
+            if index != REJECTED:
+                self.breaker.on_result_locked(permit, index, slow, now, retry_after)
+        self.breaker.notify()
+
+    def open_for(self, seconds: float) -> None:
+        """Open the breaker for at least ``seconds`` (a ``Retry-After``)."""
+        now = self.clock()
+        with self._lock:
+            self.breaker.open_for_locked(seconds, now)
+        self.breaker.notify()
+
+    def fold(self, now: float) -> None:
+        """Fold the pending fast successes into the windows."""
+        with self._lock:
+            self._fold_locked(now)
+
+    def _fold_locked(self, now: float) -> None:
+        durations = _drain(self._pending)
+        latency = Counter(map(bucket_of, durations))
+        fold_at = self._fold_at
+        # everything pending arrived before fold_at: keep it in that bucket
+        when = now if now < fold_at or fold_at == -math.inf else fold_at - self._fold_width * 1e-6
+        for model, pending in self._model_pending.items():
+            if pending:
+                model_durations = _drain(pending)
+                model_latency = Counter(map(bucket_of, model_durations))
+                model.record_successes(when, len(model_durations), model_latency)
+                latency.update(model_latency)
+                durations += model_durations
+        if durations:
+            n = len(durations)
+            self.stats.record_successes(when, n, latency)
+            self.breaker.add_successes_locked(when, n)
+            self.requests_total[SUCCESS] += n
+            lifetime = self.latency_counts
+            for index, count in latency.items():
+                lifetime[index] += count
+            self.duration_sum += math.fsum(durations)
+        width = self._fold_width
+        self._fold_at = (now // width + 1) * width
+
+    # -- reading ---------------------------------------------------------------
+
+    def snapshot(self) -> ProviderSnapshot:
+        """The provider's numbers now (health, stats window, models, counters)."""
+        now = self.clock()
+        with self._lock:
+            self._fold_locked(now)
+            self.breaker._expire_locked(now)
+            state = self.breaker._state
+            window = self.stats.snapshot(now)
+            models = tuple(
+                ModelSnapshot(self.name, name, w.snapshot(now)) for name, w in self._models.items()
+            )
+            retry_after = self.breaker.retry_after_locked(now)
+            requests: dict[str, int] = dict(zip(OUTCOMES, self.requests_total, strict=True))
+            cost_total, duration_sum = self.cost_total, self.duration_sum
+            retries, transitions = dict(self.retries_total), dict(self.breaker.transitions)
+            cumulative = cumulative_at(self.latency_counts, (*PROMETHEUS_INDEX, SIZE - 1))
+            buckets = list(zip((*DURATION_BUCKETS, math.inf), cumulative, strict=True))
+            history = tuple(self.breaker.history)
+        self.breaker.notify()
+        policy = self.policy
+        score = _health.health_score(state, window, policy.latency_slo_seconds)
+        return ProviderSnapshot(
+            name=self.name,
+            state=state,
+            availability=_health.availability(state),
+            error_rate=window.error_rate,
+            health_score=score,
+            status=_health.status(
+                state, score, healthy=policy.healthy_score, degraded=policy.degraded_score
+            ),
+            retry_after=retry_after,
+            window=window,
+            window_seconds=policy.stats_window_seconds,
+            models=models,
+            requests_total=requests,
+            cost_total=cost_total,
+            retries_total=retries,
+            transitions_total=transitions,
+            duration_buckets=tuple(buckets),
+            duration_sum=duration_sum,
+            history=history,
+        )
+
+
+def _decision_bucket(breaker: Breaker) -> float:
+    window = breaker.window
+    return window.bucket_seconds if isinstance(window, TimeWindow) else math.inf
+
+
+def _drain(pending: deque[float]) -> list[float]:
+    popleft = pending.popleft
+    return [popleft() for _ in range(len(pending))]

@@ -1,0 +1,84 @@
+"""Immutable snapshots: the numbers the endpoints and gauges show."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from resilience._health import Status
+from resilience._window import WindowSnapshot
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSnapshot:
+    """One model of one provider over the stats window."""
+
+    provider: str
+    model: str
+    window: WindowSnapshot
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderSnapshot:
+    """One provider: breaker state, health and the stats window.
+
+    ``window`` covers the stats window; ``requests_total``, ``cost_total``,
+    ``retries_total`` and ``transitions_total`` count since start (monotonic).
+    """
+
+    name: str
+    state: str
+    availability: float
+    error_rate: float
+    health_score: float
+    status: Status
+    retry_after: float
+    window: WindowSnapshot
+    window_seconds: float
+    models: tuple[ModelSnapshot, ...] = ()
+    requests_total: dict[str, int] = field(default_factory=dict)
+    cost_total: float = 0.0
+    retries_total: dict[str, int] = field(default_factory=dict)
+    transitions_total: dict[tuple[str, str], int] = field(default_factory=dict)
+    duration_buckets: tuple[tuple[float, int], ...] = ()
+    duration_sum: float = 0.0
+    history: tuple[tuple[float, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """Counts across providers."""
+
+    total: int
+    healthy: int
+    degraded: int
+    unhealthy: int
+    open_breakers: int
+
+
+@dataclass(frozen=True, slots=True)
+class RegistrySnapshot:
+    """Every provider at one instant."""
+
+    timestamp: datetime
+    window_seconds: float
+    providers: tuple[ProviderSnapshot, ...]
+
+    @property
+    def summary(self) -> Summary:
+        """How many providers are in each status, and how many breakers are open."""
+        statuses = [p.status for p in self.providers]
+        return Summary(
+            total=len(self.providers),
+            healthy=statuses.count("healthy"),
+            degraded=statuses.count("degraded"),
+            unhealthy=statuses.count("unhealthy"),
+            open_breakers=sum(p.state in ("open", "forced_open") for p in self.providers),
+        )
+
+    def provider(self, name: str) -> ProviderSnapshot:
+        """The snapshot of one provider by name."""
+        for snap in self.providers:
+            if snap.name == name:
+                return snap
+        raise KeyError(name)
