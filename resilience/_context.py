@@ -1,0 +1,67 @@
+"""Per-inbound-request totals, carried in a context variable.
+
+The middleware opens a :class:`RequestStats` for each inbound request; the
+transport and ``guard()`` add every attempt (and its cost) made while
+handling it, so the app can read what one of its requests cost upstream::
+
+    stats = resilience.current_request()
+    if stats is not None:
+        print(stats.attempts, stats.cost_usd)
+
+Tasks spawned while handling the request share the same object (asyncio
+copies the context, not the object); additions take a lock so threads add
+exactly.
+"""
+
+from __future__ import annotations
+
+import threading
+from contextvars import ContextVar, Token
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True)
+class RequestStats:
+    """What one inbound request has spent upstream so far."""
+
+    attempts: int = 0
+    retries: int = 0
+    rejected: int = 0
+    cost_usd: float = 0.0
+    providers: set[str] = field(default_factory=set)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add_attempt(self, provider: str, *, cost: float | None = None, retry: bool = False) -> None:
+        """Count one attempt that reached ``provider``."""
+        with self._lock:
+            self.attempts += 1
+            if retry:
+                self.retries += 1
+            if cost is not None:
+                self.cost_usd += cost
+            self.providers.add(provider)
+
+    def add_rejection(self, provider: str) -> None:
+        """Count one attempt the breaker of ``provider`` rejected."""
+        with self._lock:
+            self.rejected += 1
+            self.providers.add(provider)
+
+
+_current: ContextVar[RequestStats | None] = ContextVar("resilience_request", default=None)
+
+
+def current_request() -> RequestStats | None:
+    """The totals of the inbound request being handled, or ``None`` outside one."""
+    return _current.get()
+
+
+def begin_request() -> tuple[RequestStats, Token[RequestStats | None]]:
+    """Open a fresh :class:`RequestStats` in this context (the middleware does this)."""
+    stats = RequestStats()
+    return stats, _current.set(stats)
+
+
+def end_request(token: Token[RequestStats | None]) -> None:
+    """Close what :func:`begin_request` opened."""
+    _current.reset(token)
