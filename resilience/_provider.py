@@ -67,6 +67,7 @@ class Provider:
             throttled_is_failure=policy.throttled_is_failure,
         )
         self.stats = TimeWindow(policy.stats_window_seconds)
+        self.headers_window = TimeWindow(policy.stats_window_seconds)
         self._max_models = max_models
         self._models: dict[str, TimeWindow] = {}
         self._pending: deque[float] = deque()
@@ -205,9 +206,16 @@ class Provider:
         input_tokens: int = 0,
         output_tokens: int = 0,
         retry_after: float | None = None,
+        time_to_headers: float | None = None,
         now: float | None = None,
     ) -> None:
-        """Record one attempt's outcome everywhere and move the breaker."""
+        """Record one attempt's outcome everywhere and move the breaker.
+
+        ``duration`` is the whole attempt (to the end of a streamed body);
+        ``time_to_headers``, for streamed responses, the time to the response
+        headers, kept in :attr:`headers_window`. ``retry_after`` is a
+        ``Retry-After`` the response carried (seconds), for ``open_on_retry_after``.
+        """
         index = outcome_index(outcome)
         if now is None:
             now = self.clock()
@@ -229,6 +237,8 @@ class Provider:
                 self.duration_sum += duration
             if cost is not None:
                 self.cost_total += cost
+            if time_to_headers is not None:
+                self.headers_window.record(now, index, time_to_headers)
             if index != REJECTED:
                 self.breaker.on_result_locked(permit, index, slow, now, retry_after)
         self.breaker.notify()
@@ -290,6 +300,7 @@ class Provider:
             cumulative = cumulative_at(self.latency_counts, (*PROMETHEUS_INDEX, SIZE - 1))
             buckets = list(zip((*DURATION_BUCKETS, math.inf), cumulative, strict=True))
             history = tuple(self.breaker.history)
+            headers = self.headers_window.snapshot(now)
         self.breaker.notify()
         policy = self.policy
         score = _health.health_score(state, window, policy.latency_slo_seconds)
@@ -313,6 +324,7 @@ class Provider:
             duration_buckets=tuple(buckets),
             duration_sum=duration_sum,
             history=history,
+            time_to_headers=headers,
         )
 
 

@@ -22,7 +22,10 @@ class ModelSnapshot:
 class ProviderSnapshot:
     """One provider: breaker state, health and the stats window.
 
-    ``window`` covers the stats window; ``requests_total``, ``cost_total``,
+    ``window`` covers the stats window (latency to the end of the body);
+    ``time_to_headers`` the same window's streamed responses, timed to their
+    headers. ``history`` lists ``(clock time, state)`` of recent transitions;
+    ``requests_total``, ``cost_total``,
     ``retries_total`` and ``transitions_total`` count since start (monotonic).
     """
 
@@ -43,6 +46,7 @@ class ProviderSnapshot:
     duration_buckets: tuple[tuple[float, int], ...] = ()
     duration_sum: float = 0.0
     history: tuple[tuple[float, str], ...] = ()
+    time_to_headers: WindowSnapshot | None = None
 
 
 @dataclass(frozen=True, slots=True)
