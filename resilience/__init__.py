@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from resilience._breaker import STATES
 from resilience._config import OUTCOMES, BreakerPolicy, Outcome, Policy, RetryPolicy
+from resilience._context import RequestStats, current_request
 from resilience._errors import (
     CircuitOpenError,
     ConfigError,
@@ -19,6 +20,9 @@ from resilience._provider import Provider
 from resilience._registry import ProviderRegistry
 from resilience._snapshot import ModelSnapshot, ProviderSnapshot, RegistrySnapshot, Summary
 from resilience._window import WindowSnapshot
+from resilience.dashboard import dashboard_router
+from resilience.middleware import ResilienceMiddleware
+from resilience.probe import HttpProbe, ProbeRunner, ProbeSnapshot, probes
 
 __version__ = "0.1.0"
 
@@ -29,18 +33,26 @@ __all__ = [
     "CircuitOpenError",
     "ConfigError",
     "Guard",
+    "HttpProbe",
     "ModelSnapshot",
     "Outcome",
     "Policy",
+    "ProbeRunner",
+    "ProbeSnapshot",
     "Provider",
     "ProviderRegistry",
     "ProviderSnapshot",
     "RegistrySnapshot",
+    "RequestStats",
     "ResilienceError",
+    "ResilienceMiddleware",
     "RetryPolicy",
     "StreamTimeoutError",
     "Summary",
     "UnknownProviderError",
     "WindowSnapshot",
     "__version__",
+    "current_request",
+    "dashboard_router",
+    "probes",
 ]

@@ -18,7 +18,7 @@ import threading
 from collections import Counter, deque
 
 from resilience import _health
-from resilience._breaker import CLOSED, DISABLED, Breaker
+from resilience._breaker import CLOSED, DISABLED, HALF_OPEN, OPEN, Breaker
 from resilience._clock import Clock
 from resilience._config import OUTCOMES, ResolvedPolicy
 from resilience._errors import CircuitOpenError
@@ -104,6 +104,19 @@ class Provider:
     def reset(self) -> None:
         """Back to ``closed``; the stats window is kept."""
         self._control(self.breaker.reset_locked)
+
+    def probe_succeeded(self) -> bool:
+        """An active probe got through: an ``open`` breaker goes ``half_open`` now.
+
+        Returns whether the breaker moved; trial calls still decide whether it closes.
+        """
+        now = self.clock()
+        with self._lock:
+            moved = self.breaker._state is OPEN
+            if moved:
+                self.breaker._transition_locked(HALF_OPEN, now)
+        self.breaker.notify()
+        return moved
 
     def _control(self, action: object) -> None:
         now = self.clock()

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from prometheus_client.registry import CollectorRegistry
 
     from resilience.metrics import ResilienceCollector
+    from resilience.probe import HttpProbe
 
 
 def _normalise_host(host: str) -> str:
@@ -69,17 +70,30 @@ class ProviderRegistry:
         self.label_overflows = 0
         self.collectors: list[ResilienceCollector] = []
         self.extensions: dict[str, Any] = {}
+        self.probes: dict[str, HttpProbe] = {}  # active probes by provider name, off by default
 
     # -- registration ----------------------------------------------------------
 
     def register(
-        self, name: str, *, hosts: Iterable[str] = (), policy: Policy | None = None
+        self,
+        name: str,
+        *,
+        hosts: Iterable[str] = (),
+        policy: Policy | None = None,
+        probe: HttpProbe | None = None,
     ) -> Provider:
         """Register a provider; ``hosts`` map request hosts to it (``*.example.com`` too).
 
+        ``probe`` (off by default) actively checks the provider while
+        ``resilience.probes(registry)`` runs; see :class:`resilience.HttpProbe`.
+
         Raises:
-            ConfigError: a bad name, host or policy, or a name registered twice.
+            ConfigError: a bad name, host, policy or probe, or a name registered twice.
         """
+        if probe is not None and (
+            not callable(getattr(probe, "check", None)) or any(p is probe for p in self.probes.values())
+        ):
+            raise ConfigError(f"probe must be an HttpProbe not given to another provider, got {probe!r}")
         if not isinstance(name, str) or not name.strip() or len(name) > MAX_LABEL_LENGTH:
             raise ConfigError(
                 f"name must be a non-empty string of at most {MAX_LABEL_LENGTH} characters, got {name!r}"
@@ -100,6 +114,8 @@ class ProviderRegistry:
             if taken:
                 raise ConfigError(f"hosts {taken!r} already belong to another provider")
             provider = self._new_provider(name, resolved, explicit=True, hosts=host_list)
+            if probe is not None:
+                self.probes[name] = probe
             for host in host_list:
                 if host.startswith("*."):
                     self._wildcards.append((host[1:], name))
