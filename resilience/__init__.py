@@ -21,6 +21,7 @@ from resilience._registry import ProviderRegistry
 from resilience._snapshot import ModelSnapshot, ProviderSnapshot, RegistrySnapshot, Summary
 from resilience._window import WindowSnapshot
 from resilience.dashboard import dashboard_router
+from resilience.metrics import ResilienceCollector
 from resilience.middleware import ResilienceMiddleware
 from resilience.probe import HttpProbe, ProbeRunner, ProbeSnapshot, probes
 
@@ -44,6 +45,7 @@ __all__ = [
     "ProviderSnapshot",
     "RegistrySnapshot",
     "RequestStats",
+    "ResilienceCollector",
     "ResilienceError",
     "ResilienceMiddleware",
     "RetryPolicy",
