@@ -22,29 +22,16 @@ Nothing is persisted: ``--save ''``, ``--appendonly no``, a temporary ``--dir``.
 from __future__ import annotations
 
 import contextlib
-import os
 import select
-import shutil
 import socket
 import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
 
-import pytest
+from system_tools import require_binary
 
 BOOT_SECONDS = 10.0
-
-
-def require_binary(name: str) -> str:
-    """The path of a system tool; skip without it, or fail when ``CI=true``."""
-    path = shutil.which(name)
-    if path is None:
-        message = f"{name} is not installed (Debian package: see .ci/run)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message + "; CI must install it")
-        pytest.skip(message)
-    return path
 
 
 def free_port() -> int:

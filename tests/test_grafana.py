@@ -1,0 +1,146 @@
+"""The shipped Grafana dashboard: every PromQL expression parses and names only exported metrics."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+from system_tools import require_binary
+
+import resilience
+import resilience.redis as rredis
+from resilience.testing import FakeClock
+
+DASHBOARD = Path(__file__).resolve().parent.parent / "resilience" / "contrib" / "grafana-dashboard.json"
+GRAFANA_VARIABLES = {"$__rate_interval": "5m", "$__range": "6h", "$__interval": "1m", "$provider": ".*"}
+KEYWORDS = {"and", "or", "unless", "bool", "offset", "by", "without", "on", "ignoring", "group_left",
+            "group_right", "inf", "nan", "Inf", "NaN"}
+PANELS = {"Availability", "Error rate", "Health score", "Breaker state", "Cost by provider (USD/hour)",
+          "Request rate by outcome", "Latency quantiles", "Redis operations", "Redis errors and rejections",
+          "Redis latency"}
+
+
+def _dashboard() -> dict[str, Any]:
+    return json.loads(DASHBOARD.read_text())  # type: ignore[no-any-return]
+
+
+def _panels(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for panel in dashboard["panels"]:
+        out.append(panel)
+        out.extend(panel.get("panels", []))
+    return out
+
+
+def _exprs(dashboard: dict[str, Any]) -> list[tuple[str, str]]:
+    """(where, PromQL) of every panel target and query variable."""
+    exprs = [
+        (f"panel {panel['id']} {panel['title']!r} {target['refId']}", target["expr"])
+        for panel in _panels(dashboard) for target in panel.get("targets", [])
+    ]
+    for variable in dashboard["templating"]["list"]:
+        query = variable.get("definition", "")
+        match = re.fullmatch(r"label_values\((.+),\s*\w+\)", query)
+        if match:
+            exprs.append((f"variable {variable['name']}", match.group(1)))
+    return exprs
+
+
+def _substitute(expr: str) -> str:
+    for variable, value in GRAFANA_VARIABLES.items():
+        expr = expr.replace(variable, value)
+    assert "$" not in expr, f"unknown Grafana variable in {expr!r}"
+    return expr
+
+
+def metric_names(expr: str) -> set[str]:
+    """The metric names a PromQL expression selects (not functions, labels or keywords)."""
+    expr = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
+    expr = re.sub(r"\{[^}]*\}", " ", expr)
+    expr = re.sub(r"\[[^\]]*\]", " ", expr)
+    expr = re.sub(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", expr)
+    names = set()
+    for match in re.finditer(r"(?<![\w.])[a-zA-Z_:][a-zA-Z0-9_:]*", expr):
+        if expr[match.end():].lstrip().startswith("(") or match.group() in KEYWORDS:
+            continue  # a function or an aggregation
+        names.add(match.group())
+    return names
+
+
+def _exported_sample_names() -> set[str]:
+    """Every sample name a real scrape of the collector and the redis metrics shows."""
+    registry = resilience.ProviderRegistry(clock=FakeClock(1000.0))
+    provider = registry.register("openrouter")
+    provider.record(provider.admit(), "success", 0.2, cost=0.01)
+    provider.count_retry("status_503")
+    provider.count_error("invalid_cost")
+    provider.force_open()
+    prom = CollectorRegistry()
+    registry.register_metrics(prom)
+    rredis._metrics_for(prom).observe("get", "success", 0.001)
+    text = generate_latest(prom).decode()
+    return {sample.name for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
+def test_metric_name_extraction() -> None:
+    """The extractor finds metric names, skipping functions, labels, keywords and durations."""
+    expr = ('histogram_quantile(0.95, sum by (provider, le) (rate(a_bucket{x=~"b|c"}[5m])))'
+            " / on (provider) group_left b_total offset 1h and c 1e3")
+    assert metric_names(expr) == {"a_bucket", "b_total", "c"}
+
+
+def test_every_expression_parses_with_promtool(tmp_path: Path) -> None:
+    """promtool parses every expression (each wrapped as a recording rule)."""
+    promtool = require_binary("promtool")
+    exprs = _exprs(_dashboard())
+    rules = [{"record": f"grafana:check_{i}", "expr": _substitute(expr)} for i, (_, expr) in enumerate(exprs)]
+    path = tmp_path / "dashboard-rules.yml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
+    result = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True,
+                            timeout=120, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"SUCCESS: {len(rules)} rules found" in result.stdout
+
+
+def test_every_expression_names_only_exported_metrics() -> None:
+    """Each metric a panel queries is one the collector or the redis instrumentation exports."""
+    exported = _exported_sample_names()
+    used = {name for _, expr in _exprs(_dashboard()) for name in metric_names(_substitute(expr))}
+    assert used, "no metric found in the dashboard"
+    assert used <= exported, f"not exported: {sorted(used - exported)}"
+    assert {"provider_availability", "provider_error_rate", "gatewayz_provider_health_score",
+            "gatewayz_circuit_breaker_state", "gatewayz_cost_by_provider_total",
+            "gatewayz_provider_requests_total", "gatewayz_provider_request_duration_seconds_bucket",
+            "redis_operations_total", "redis_operation_duration_seconds_bucket"} <= used
+
+
+def test_dashboard_has_the_provider_health_panels() -> None:
+    """The dashboard is 'Provider health' with the panels the docs promise and unique ids."""
+    dashboard = _dashboard()
+    panels = _panels(dashboard)
+    assert dashboard["title"] == "Provider health"
+    assert {p["title"] for p in panels} >= PANELS
+    assert len({p["id"] for p in panels}) == len(panels)
+    assert all(t["datasource"]["uid"] == "${datasource}" for p in panels for t in p.get("targets", []))
+    timeline = next(p for p in panels if p["title"] == "Breaker state")
+    assert timeline["type"] == "state-timeline"
+    mapped = timeline["fieldConfig"]["defaults"]["mappings"][0]["options"]
+    assert {m["text"] for m in mapped.values()} == set(resilience.STATES)
+
+
+@pytest.mark.parametrize("quantile", ["0.5", "0.95", "0.99"])
+def test_latency_quantiles_come_from_the_histogram(quantile: str) -> None:
+    """Latency panels use histogram_quantile over the duration histogram's buckets."""
+    exprs = [expr for _, expr in _exprs(_dashboard())]
+    assert any(
+        expr.startswith(f"histogram_quantile({quantile},")
+        and "gatewayz_provider_request_duration_seconds_bucket" in expr
+        for expr in exprs
+    )
