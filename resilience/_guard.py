@@ -31,12 +31,12 @@ class Guard:
     it is what every guarded call pays.
     """
 
-    __slots__ = ("_model", "_pending", "_permit", "_provider", "_start")
+    __slots__ = ("_model", "_model_pending", "_permit", "_provider", "_start")
 
     def __init__(self, provider: Provider, model: TimeWindow | None) -> None:
         self._provider = provider
         self._model = model
-        self._pending = provider._pending if model is None else provider._model_pending[model]
+        self._model_pending = None if model is None else provider._model_pending[model]
 
     def __enter__(self) -> Guard:
         provider = self._provider
@@ -65,8 +65,10 @@ class Guard:
                 and self._permit == breaker.permit
             ):
                 # the fast path of Provider.record_success, inlined
-                pending = self._pending
+                pending = provider._pending
                 pending.append(duration)
+                if self._model_pending is not None:
+                    self._model_pending.append(duration)
                 breaker._consecutive = 0
                 if now >= provider._fold_at or len(pending) >= FOLD_BATCH:
                     provider.fold(now)

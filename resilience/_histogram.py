@@ -34,6 +34,10 @@ DURATION_BUCKETS: tuple[float, ...] = (
 """The ``le`` bounds of the exported Prometheus duration histogram (all in :data:`BOUNDS`)."""
 
 PROMETHEUS_INDEX: tuple[int, ...] = tuple(BOUNDS.index(le) for le in DURATION_BUCKETS)
+PROMETHEUS_BUCKET: tuple[int, ...] = tuple(
+    bisect_left(PROMETHEUS_INDEX, index) for index in range(len(BOUNDS) + 1)
+)
+"""For each histogram bucket, the Prometheus bucket it falls in (exact: bounds are shared)."""
 
 _MIDDLES: tuple[float, ...] = (
     BOUNDS[0],
@@ -61,13 +65,3 @@ def quantiles(
         out.append(_MIDDLES[lo + bisect_left(cumulative, rank)])
     return tuple(out)
 
-
-def cumulative_at(counts: Sequence[int], indexes: Sequence[int]) -> list[int]:
-    """Cumulative counts up to and including each bucket index (ascending)."""
-    out: list[int] = []
-    running, start = 0, 0
-    for index in indexes:
-        running += sum(counts[start : index + 1])
-        start = index + 1
-        out.append(running)
-    return out

@@ -16,19 +16,15 @@ from __future__ import annotations
 import math
 import threading
 from collections import Counter, deque
+from collections.abc import Iterator
+from itertools import accumulate
 
 from resilience import _health
 from resilience._breaker import CLOSED, DISABLED, HALF_OPEN, OPEN, Breaker
 from resilience._clock import Clock
 from resilience._config import OUTCOMES, ResolvedPolicy
 from resilience._errors import CircuitOpenError
-from resilience._histogram import (
-    DURATION_BUCKETS,
-    PROMETHEUS_INDEX,
-    SIZE,
-    bucket_of,
-    cumulative_at,
-)
+from resilience._histogram import DURATION_BUCKETS, PROMETHEUS_BUCKET, bucket_of
 from resilience._snapshot import ModelSnapshot, ProviderSnapshot
 from resilience._window import REJECTED, SUCCESS, TimeWindow, outcome_index
 
@@ -36,6 +32,7 @@ OTHER = "other"
 """The label that overflowing provider and model names fold into."""
 
 MAX_LABEL_LENGTH = 128
+_LE = (*DURATION_BUCKETS, math.inf)
 FOLD_BATCH = 4096
 
 
@@ -78,7 +75,8 @@ class Provider:
         self.requests_total = [0] * len(OUTCOMES)
         self.cost_total = 0.0
         self.retries_total: dict[str, int] = {}
-        self.latency_counts = [0] * SIZE  # lifetime, for the Prometheus histogram
+        self.duration_counts = [0] * len(_LE)  # lifetime, per Prometheus bucket (not cumulative)
+        self._model_snaps: dict[str, ModelSnapshot] = {}
         self.duration_sum = 0.0
         self.model_overflows = 0
         self.errors: dict[str, int] = {}
@@ -151,9 +149,9 @@ class Provider:
                 self._model_pending[window] = deque()
         return window
 
-    def pending_for(self, model: TimeWindow | None) -> deque[float]:
-        """Where fast successes of this model wait to be folded."""
-        return self._pending if model is None else self._model_pending[model]
+    def pending_for(self, model: TimeWindow | None) -> deque[float] | None:
+        """Where fast successes of this model wait to be folded (besides the provider's deque)."""
+        return None if model is None else self._model_pending[model]
 
     def count_error(self, kind: str) -> None:
         """Count an instrumentation error (a bad cost body, a metrics error ...)."""
@@ -199,8 +197,10 @@ class Provider:
         """A success without cost: lock-free while closed and fast, else :meth:`record`."""
         breaker = self.breaker
         if breaker._state is CLOSED and duration < self._slow_s and permit == breaker.permit:
-            pending = self.pending_for(model)
+            pending = self._pending
             pending.append(duration)
+            if model is not None:
+                self._model_pending[model].append(duration)
             breaker._consecutive = 0
             if now >= self._fold_at or len(pending) >= FOLD_BATCH:
                 self.fold(now)
@@ -246,7 +246,7 @@ class Provider:
                     )
             self.requests_total[index] += 1
             if index != REJECTED:
-                self.latency_counts[bucket_of(duration)] += 1
+                self.duration_counts[PROMETHEUS_BUCKET[bucket_of(duration)]] += 1
                 self.duration_sum += duration
             if cost is not None:
                 self.cost_total += cost
@@ -269,31 +269,42 @@ class Provider:
             self._fold_locked(now)
 
     def _fold_locked(self, now: float) -> None:
-        durations = _drain(self._pending)
-        latency = Counter(map(bucket_of, durations))
-        fold_at = self._fold_at
-        # everything pending arrived before fold_at: keep it in that bucket
-        when = now if now < fold_at or fold_at == -math.inf else fold_at - self._fold_width * 1e-6
-        for model, pending in self._model_pending.items():
-            if pending:
-                model_durations = _drain(pending)
-                model_latency = Counter(map(bucket_of, model_durations))
-                model.record_successes(when, len(model_durations), model_latency)
-                latency.update(model_latency)
-                durations += model_durations
-        if durations:
+        # every fast success is in self._pending; a model's are also in its own deque
+        pending = self._pending
+        if pending:
+            fold_at = self._fold_at
+            # everything pending arrived before fold_at: keep it in that bucket
+            when = now if now < fold_at or fold_at == -math.inf else fold_at - self._fold_width * 1e-6
+            durations = _drain(pending)
+            latency = Counter(map(bucket_of, durations))
+            for model, model_pending in self._model_pending.items():
+                if model_pending:
+                    model_durations = _drain(model_pending)
+                    model.record_successes(
+                        when, len(model_durations), Counter(map(bucket_of, model_durations))
+                    )
             n = len(durations)
             self.stats.record_successes(when, n, latency)
             self.breaker.add_successes_locked(when, n)
             self.requests_total[SUCCESS] += n
-            lifetime = self.latency_counts
+            lifetime = self.duration_counts
             for index, count in latency.items():
-                lifetime[index] += count
+                lifetime[PROMETHEUS_BUCKET[index]] += count
             self.duration_sum += math.fsum(durations)
-        width = self._fold_width
-        self._fold_at = (now // width + 1) * width
+        if now >= self._fold_at:
+            width = self._fold_width
+            self._fold_at = (now // width + 1) * width
 
     # -- reading ---------------------------------------------------------------
+
+    def _model_snapshots(self, now: float) -> Iterator[ModelSnapshot]:
+        cache = self._model_snaps
+        for name, window in self._models.items():
+            window_snap = window.snapshot(now)
+            snap = cache.get(name)
+            if snap is None or snap.window is not window_snap:
+                snap = cache[name] = ModelSnapshot(self.name, name, window_snap)
+            yield snap
 
     def snapshot(self) -> ProviderSnapshot:
         """The provider's numbers now (health, stats window, models, counters)."""
@@ -303,15 +314,12 @@ class Provider:
             self.breaker._expire_locked(now)
             state = self.breaker._state
             window = self.stats.snapshot(now)
-            models = tuple(
-                ModelSnapshot(self.name, name, w.snapshot(now)) for name, w in self._models.items()
-            )
+            models = tuple(self._model_snapshots(now))
             retry_after = self.breaker.retry_after_locked(now)
             requests: dict[str, int] = dict(zip(OUTCOMES, self.requests_total, strict=True))
             cost_total, duration_sum = self.cost_total, self.duration_sum
             retries, transitions = dict(self.retries_total), dict(self.breaker.transitions)
-            cumulative = cumulative_at(self.latency_counts, (*PROMETHEUS_INDEX, SIZE - 1))
-            buckets = list(zip((*DURATION_BUCKETS, math.inf), cumulative, strict=True))
+            buckets = tuple(zip(_LE, accumulate(self.duration_counts), strict=True))
             history = tuple(self.breaker.history)
             headers = self.headers_window.snapshot(now)
         self.breaker.notify()
@@ -334,7 +342,7 @@ class Provider:
             cost_total=cost_total,
             retries_total=retries,
             transitions_total=transitions,
-            duration_buckets=tuple(buckets),
+            duration_buckets=buckets,
             duration_sum=duration_sum,
             history=history,
             time_to_headers=headers,

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import NamedTuple
 
 from resilience._health import Status
 from resilience._window import WindowSnapshot
 
 
-@dataclass(frozen=True, slots=True)
-class ModelSnapshot:
+class ModelSnapshot(NamedTuple):
     """One model of one provider over the stats window."""
 
     provider: str

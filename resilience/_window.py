@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from resilience import _histogram
 from resilience._config import Outcome
@@ -34,9 +34,12 @@ OUTCOME_INDEX: dict[str, int] = {
 _QUANTILES = (0.5, 0.95, 0.99)
 
 
-@dataclass(frozen=True, slots=True)
-class WindowSnapshot:
-    """What a window holds at one instant. Latencies are in seconds, ``None`` with no data."""
+class WindowSnapshot(NamedTuple):
+    """What a window holds at one instant. Latencies are in seconds, ``None`` with no data.
+
+    A named tuple: immutable and cheap to build, since a scrape builds one per
+    provider and model.
+    """
 
     successes: int = 0
     failures: int = 0
