@@ -18,7 +18,14 @@ provider's snapshot and turns it into these families (``gatewayz_`` is the
 
 Counters come from the providers' lifetime totals, so they never go down when
 the window slides. With ``model_metrics=True`` a capped set of per-model
-gauges over the stats window is added (see :class:`ResilienceCollector`).
+gauges over the stats window is added (see :class:`ResilienceCollector`)::
+
+    gatewayz_model_calls{provider,model}, gatewayz_model_error_rate{provider,model},
+    gatewayz_model_cost_usd{provider,model}, gatewayz_model_latency_seconds{provider,model,quantile},
+    gatewayz_resilience_model_series_dropped
+
+A failure while collecting one provider is logged, counted as
+``gatewayz_resilience_errors_total{kind="collect"}`` and leaves the others whole.
 """
 
 from __future__ import annotations
@@ -27,18 +34,29 @@ import logging
 import re
 import threading
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import REGISTRY, Collector, CollectorRegistry
 from prometheus_client.samples import Sample
-from prometheus_client.utils import floatToGoString
 
-from resilience._breaker import STATES
-from resilience._config import OUTCOMES
 from resilience._errors import ConfigError
-from resilience._histogram import DURATION_BUCKETS
+from resilience._metric_series import (
+    ERRORS,
+    MODEL_DROPPED,
+    OVERFLOWS,
+    PROVIDER_FAMILIES,
+    RETRIES,
+    SPECS,
+    TRANSITIONS,
+    Append,
+    Series,
+    fixed_series,
+    fixed_values,
+    full_name,
+    model_series,
+)
 
 if TYPE_CHECKING:
     from resilience._provider import Provider
@@ -54,49 +72,6 @@ DEFAULT_MAX_MODEL_SERIES = 1000
 
 _PREFIX = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*\Z")
 
-
-def _le_text(le: float) -> str:
-    return str(floatToGoString(le))  # type: ignore[no-untyped-call]  # untyped in prometheus_client
-
-
-_LE: dict[float, str] = {le: _le_text(le) for le in (*DURATION_BUCKETS, float("inf"))}
-_QUANTILES = (("0.5", "p50"), ("0.95", "p95"), ("0.99", "p99"))
-
-# Family indexes, in exposition order.
-(AVAILABILITY, ERROR_RATE, HEALTH, STATE, COST, REQUESTS, DURATION, RETRIES, TRANSITIONS,
- OVERFLOWS, ERRORS, MODEL_CALLS, MODEL_ERROR_RATE, MODEL_COST, MODEL_LATENCY, MODEL_DROPPED) = range(16)
-
-# (name; "=" marks the two names the namespace leaves alone, type, help) by family index
-_SPECS: tuple[tuple[str, str, str], ...] = (
-    ("=provider_availability", "gauge",
-     "1 when the provider's breaker admits calls, 0 when open or forced open."),
-    ("=provider_error_rate", "gauge",
-     "Share of attempts that failed or were throttled over the stats window."),
-    ("provider_health_score", "gauge",
-     "Health score in [0, 1]: state factor x (1 - error rate) x latency factor."),
-    ("circuit_breaker_state", "gauge", "Breaker state, one-hot: 1 for the current state."),
-    ("cost_by_provider", "counter", "USD spent on the provider since start."),
-    ("provider_requests", "counter",
-     "Attempts by outcome since start (rejected: not attempted, breaker open)."),
-    ("provider_request_duration_seconds", "histogram",
-     "Duration of attempts that reached the provider, seconds."),
-    ("provider_retries", "counter", "Retries by reason since start."),
-    ("circuit_breaker_transitions", "counter", "Breaker state transitions since start."),
-    ("resilience_label_overflows", "counter",
-     "Provider or model names folded into 'other' because a cap was reached."),
-    ("resilience_errors", "counter", "Instrumentation errors by kind (the calls went on)."),
-    ("model_calls", "gauge", "Attempts that reached the provider for this model over the stats window."),
-    ("model_error_rate", "gauge", "Error rate of the model over the stats window."),
-    ("model_cost_usd", "gauge", "USD spent on the model over the stats window."),
-    ("model_latency_seconds", "gauge", "Latency quantiles of the model over the stats window, seconds."),
-    ("resilience_model_series_dropped", "gauge",
-     "(provider, model) pairs left out of this scrape by max_model_series."),
-)
-_PROVIDER_FAMILIES = MODEL_CALLS
-
-Row = tuple[int, str, dict[str, str]]
-"""A series: family index, sample name, labels."""
-Append = Callable[[Sample], None]
 
 _HOMES_LOCK = threading.Lock()
 _HOMES: weakref.WeakKeyDictionary[ProviderRegistry, weakref.WeakSet[CollectorRegistry]] = (
@@ -144,12 +119,12 @@ class ResilienceCollector(Collector):
         self.namespace = namespace
         self.model_metrics = model_metrics
         self.max_model_series = max_model_series
-        count = len(_SPECS) if model_metrics else _PROVIDER_FAMILIES
-        self._specs = tuple((_full_name(name, namespace), kind, doc) for name, kind, doc in _SPECS[:count])
+        count = len(SPECS) if model_metrics else PROVIDER_FAMILIES
+        self._specs = tuple((full_name(name, namespace), kind, doc) for name, kind, doc in SPECS[:count])
         self._names = tuple(name for name, _kind, _doc in self._specs)
         # the fixed series of each provider, built once per name; label dicts are shared by the
         # samples of every scrape and never mutated (providers are capped, so is this cache)
-        self._rows: dict[str, tuple[tuple[float, ...], tuple[Row, ...]]] = {}
+        self._rows: dict[str, tuple[tuple[float, ...], Series]] = {}
         self.collect_errors: dict[str, int] = {}
         self._lock = threading.Lock()
 
@@ -205,16 +180,16 @@ class ResilienceCollector(Collector):
         """Fresh metric families from the providers' state now; never writes it."""
         families = self._families()
         appends = [family.samples.append for family in families]
+        extends = [family.samples.extend for family in families]
         providers = self.registry.providers()
         budget = [self.max_model_series, 0]  # model pairs left, pairs dropped
         for provider in providers:
             try:
-                rows, values = self._provider_series(provider.snapshot(), budget)
+                series, values = self._provider_series(provider.snapshot(), budget)
             except Exception:
                 self._count_collect_error(provider.name)
                 continue
-            for (index, name, labels), value in zip(rows, values, strict=True):
-                appends[index](Sample(name, labels, value))
+            series.emit(values, extends)
         self._add_self_monitoring(appends, providers)
         if self.model_metrics:
             appends[MODEL_DROPPED](Sample(self._names[MODEL_DROPPED], {}, budget[1]))
@@ -223,26 +198,28 @@ class ResilienceCollector(Collector):
     def _families(self) -> list[Metric]:
         return [Metric(name, doc, kind) for name, kind, doc in self._specs]
 
-    def _provider_series(self, snap: ProviderSnapshot, budget: list[int]) -> tuple[list[Row], list[float]]:
+    def _provider_series(self, snap: ProviderSnapshot, budget: list[int]) -> tuple[Series, list[float]]:
         """Every series of one provider and its value, computed before anything is appended."""
         les = tuple(le for le, _count in snap.duration_buckets)
         cached = self._rows.get(snap.name)
         if cached is None or cached[0] != les:
-            cached = self._rows[snap.name] = (les, _fixed_rows(self._names, snap.name, les))
-        rows, values = list(cached[1]), _fixed_values(snap)
-        if len(rows) != len(values):
-            raise ValueError(f"{len(values)} values for {len(rows)} series")
-        names, name = self._names, snap.name
+            cached = self._rows[snap.name] = (les, fixed_series(self._names, snap.name, les))
+        values = fixed_values(snap)
+        if len(cached[1].names) != len(values):
+            raise ValueError(f"{len(values)} values for {len(cached[1].names)} series")
+        if not (snap.retries_total or snap.transitions_total or self.model_metrics):
+            return cached[1], values
+        series, names, name = cached[1].copy(), self._names, snap.name
         for reason, count in sorted(snap.retries_total.items()):
-            rows.append((RETRIES, names[RETRIES] + "_total", {"provider": name, "reason": reason}))
+            series.add(RETRIES, names[RETRIES] + "_total", {"provider": name, "reason": reason})
             values.append(count)
         for (old, new), count in sorted(snap.transitions_total.items()):
             labels = {"provider": name, "from_state": old, "to_state": new}
-            rows.append((TRANSITIONS, names[TRANSITIONS] + "_total", labels))
+            series.add(TRANSITIONS, names[TRANSITIONS] + "_total", labels)
             values.append(count)
         if self.model_metrics:
-            _model_series(names, snap, budget, rows, values)
-        return rows, values
+            model_series(names, snap, budget, series, values)
+        return series, values
 
     def _count_collect_error(self, name: str) -> None:
         with self._lock:
@@ -263,64 +240,3 @@ class ResilienceCollector(Collector):
                 kinds["collect"] = kinds.get("collect", 0) + collect_errors[name]
             for kind in sorted(kinds):
                 errors(Sample(errors_name, {"provider": name, "kind": kind}, kinds[kind]))
-
-
-def _full_name(name: str, namespace: str) -> str:
-    if name.startswith("="):
-        return name[1:]
-    return f"{namespace}_{name}" if namespace else name
-
-
-def _fixed_rows(names: tuple[str, ...], provider: str, les: tuple[float, ...]) -> tuple[Row, ...]:
-    """The series every provider has, in the order of :func:`_fixed_values`."""
-    one = {"provider": provider}
-    duration = names[DURATION]
-    return (
-        (AVAILABILITY, names[AVAILABILITY], one),
-        (ERROR_RATE, names[ERROR_RATE], one),
-        (HEALTH, names[HEALTH], one),
-        *((STATE, names[STATE], {"provider": provider, "state": state}) for state in STATES),
-        (COST, names[COST] + "_total", one),
-        *((REQUESTS, names[REQUESTS] + "_total", {"provider": provider, "outcome": o}) for o in OUTCOMES),
-        *((DURATION, duration + "_bucket", {"provider": provider, "le": _LE.get(le) or _le_text(le)})
-          for le in les),
-        (DURATION, duration + "_count", one),
-        (DURATION, duration + "_sum", one),
-    )
-
-
-def _fixed_values(snap: ProviderSnapshot) -> list[float]:
-    """The values of :func:`_fixed_rows`; the histogram's count is its ``+Inf`` bucket."""
-    state, requests = snap.state, snap.requests_total
-    buckets = [count for _le, count in snap.duration_buckets]
-    return [
-        snap.availability, snap.error_rate, snap.health_score,
-        *[1.0 if s == state else 0.0 for s in STATES],
-        snap.cost_total,
-        *[requests.get(o, 0) for o in OUTCOMES],
-        *buckets, buckets[-1], snap.duration_sum,
-    ]
-
-
-def _model_series(
-    names: tuple[str, ...], snap: ProviderSnapshot, budget: list[int], rows: list[Row], values: list[float]
-) -> None:
-    """Per-model gauges while ``budget[0]`` pairs remain; the rest counted in ``budget[1]``."""
-    for model in snap.models:
-        if budget[0] <= 0:
-            budget[1] += 1
-            continue
-        budget[0] -= 1
-        window = model.window
-        labels = {"provider": snap.name, "model": model.model}
-        rows += [
-            (MODEL_CALLS, names[MODEL_CALLS], labels),
-            (MODEL_ERROR_RATE, names[MODEL_ERROR_RATE], labels),
-            (MODEL_COST, names[MODEL_COST], labels),
-        ]
-        values += [window.calls, window.error_rate, window.cost_usd]
-        for quantile, attr in _QUANTILES:
-            value = getattr(window, attr)
-            if value is not None:
-                rows.append((MODEL_LATENCY, names[MODEL_LATENCY], {**labels, "quantile": quantile}))
-                values.append(value)
