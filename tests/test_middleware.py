@@ -53,7 +53,7 @@ def open_error(retry_after: float = 2.3) -> CircuitOpenError:
     return CircuitOpenError("openrouter", retry_after)
 
 
-def wrapped_from() -> BaseException:
+def wrapped_from() -> Exception:
     """An SDK error raised ``from`` the circuit error, as openai does."""
     try:
         raise open_error()
@@ -64,7 +64,7 @@ def wrapped_from() -> BaseException:
             return wrapper
 
 
-def wrapped_context() -> BaseException:
+def wrapped_context() -> Exception:
     """An error raised while handling the circuit error (implicit ``__context__``)."""
     try:
         raise open_error()
@@ -75,12 +75,12 @@ def wrapped_context() -> BaseException:
             return wrapper
 
 
-def grouped() -> BaseException:
+def grouped() -> Exception:
     """An ExceptionGroup (a task group) holding a wrapped circuit error."""
     return ExceptionGroup("task group", [ValueError("other"), wrapped_from()])
 
 
-def suppressed() -> BaseException:
+def suppressed() -> Exception:
     """An error that hides its context with ``from None``."""
     try:
         raise open_error()

@@ -104,7 +104,12 @@ def test_dashboard_in_chromium(registry: ProviderRegistry, page_url: str) -> Non
             page = browser.new_page(viewport={"width": 1600, "height": 720})
             page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
             page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+
+            def on_dialog(dialog: Any) -> None:
+                dialogs.append(dialog.message)
+                dialog.dismiss()
+
+            page.on("dialog", on_dialog)
             page.goto(page_url)
             rows = page.locator("#providers tbody tr[data-provider]")
             sync_api.expect(rows).to_have_count(3)
