@@ -8,6 +8,7 @@ from __future__ import annotations
 from resilience._breaker import STATES
 from resilience._config import OUTCOMES, BreakerPolicy, Outcome, Policy, RetryPolicy
 from resilience._context import RequestStats, current_request
+from resilience._cost import CostExtractor, HeaderCost, PriceTable
 from resilience._errors import (
     CircuitOpenError,
     ConfigError,
@@ -24,6 +25,7 @@ from resilience.dashboard import dashboard_router
 from resilience.metrics import ResilienceCollector
 from resilience.middleware import ResilienceMiddleware
 from resilience.probe import HttpProbe, ProbeRunner, ProbeSnapshot, probes
+from resilience.transport import ResilientTransport
 
 __version__ = "0.1.0"
 
@@ -33,11 +35,14 @@ __all__ = [
     "BreakerPolicy",
     "CircuitOpenError",
     "ConfigError",
+    "CostExtractor",
     "Guard",
+    "HeaderCost",
     "HttpProbe",
     "ModelSnapshot",
     "Outcome",
     "Policy",
+    "PriceTable",
     "ProbeRunner",
     "ProbeSnapshot",
     "Provider",
@@ -48,6 +53,7 @@ __all__ = [
     "ResilienceCollector",
     "ResilienceError",
     "ResilienceMiddleware",
+    "ResilientTransport",
     "RetryPolicy",
     "StreamTimeoutError",
     "Summary",

@@ -1,0 +1,139 @@
+"""One attempt of a call: its permit, outcome and the single record it ends in.
+
+An :class:`Attempt` is made when the breaker admits it and recorded exactly
+once (:meth:`Attempt.finish`): at once for a transport error, a discarded
+(retried) response or a body already in memory; at the end of the body for
+a streamed response. A cancelled attempt gives its permit back instead
+(:meth:`Attempt.release`). Nothing here ever fails the call: a recording
+error is logged and counted.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
+
+from resilience._config import ResolvedPolicy
+from resilience._context import RequestStats
+from resilience._cost import NO_COST, CostResult, attempt_cost
+from resilience._inspect import MALFORMED, BodyInspector, whole_body_usage
+from resilience._provider import Provider
+from resilience._window import TimeWindow
+
+log = logging.getLogger("resilience")
+
+
+def classify(policy: ResolvedPolicy, status: int) -> str:
+    """The outcome of a response status: success, failure, throttled or client_error."""
+    if status in policy.throttle_statuses:
+        return "throttled"
+    if status in policy.failure_statuses:
+        return "failure"
+    if 400 <= status < 500:
+        return "client_error"
+    return "success"
+
+
+class Attempt:
+    """One admitted attempt; see the module docstring."""
+
+    __slots__ = (
+        "done", "error", "headers_at", "inspector", "model", "model_name", "number", "outcome",
+        "permit", "provider", "reason", "response", "retry_after", "start", "stats", "wait_hint",
+    )
+
+    def __init__(
+        self,
+        provider: Provider,
+        permit: int,
+        model: TimeWindow | None,
+        model_name: str | None,
+        stats: RequestStats | None,
+        number: int,
+        start: float,
+    ) -> None:
+        self.provider = provider
+        self.permit = permit
+        self.model = model
+        self.model_name = model_name
+        self.stats = stats
+        self.number = number
+        self.start = start
+        self.headers_at: float | None = None  # when a streamed body's headers arrived
+        self.response: httpx.Response | None = None
+        self.error: Exception | None = None
+        self.outcome = "success"
+        self.reason: str | None = None  # why this attempt asks for a retry, if it does
+        self.retry_after: float | None = None  # for the breaker (429/503 only)
+        self.wait_hint: float | None = None  # Retry-After seconds, for the backoff
+        self.inspector: BodyInspector | None = None
+        self.done = False
+
+    def release(self) -> None:
+        """The attempt ended without a result (cancelled): give the permit back."""
+        if not self.done:
+            self.done = True
+            self.provider.release(self.permit)
+
+    def finish(self, *, failed: bool = False, complete: bool = True, costed: bool = True) -> None:
+        """Record the attempt once: outcome (``failure`` when ``failed``), duration, cost."""
+        if self.done:
+            return
+        self.done = True
+        usage: Mapping[str, Any] | None = None
+        problem = None
+        if costed and self.inspector is not None:
+            usage, problem = self.inspector.result(complete)
+        self._record(failed, costed, usage, problem)
+
+    def finish_body(self, body: bytes) -> None:
+        """Record a response whose body was already in memory."""
+        if self.done:
+            return
+        self.done = True
+        assert self.response is not None
+        usage, problem = whole_body_usage(self.response.headers, body)
+        self._record(False, True, usage, problem)
+
+    def _record(
+        self, failed: bool, costed: bool, usage: Mapping[str, Any] | None, problem: str | None
+    ) -> None:
+        provider = self.provider
+        try:
+            now = provider.clock()
+            outcome = "failure" if failed or self.error is not None else self.outcome
+            cost = NO_COST
+            if costed and self.response is not None:
+                cost = self._cost(usage, problem)
+            duration = now - self.start
+            headers_at = self.headers_at  # set for streamed bodies only
+            to_headers = None if headers_at is None else headers_at - self.start
+            if outcome == "success" and cost is NO_COST and to_headers is None:
+                provider.record_success(self.permit, duration, now, self.model)
+            else:
+                provider.record(
+                    self.permit, outcome, duration, model=self.model, cost=cost.cost,
+                    cost_unknown=cost.unknown, input_tokens=cost.input_tokens,
+                    output_tokens=cost.output_tokens, retry_after=self.retry_after,
+                    time_to_headers=to_headers, now=now,
+                )
+            stats = self.stats
+            if stats is not None:
+                stats.add_attempt(provider.name, cost=cost.cost, retry=self.number > 1)
+        except Exception:  # instrumentation never breaks a call
+            log.exception("recording an attempt to %s failed", provider.name)
+            provider.count_error("record")
+
+    def _cost(self, usage: Mapping[str, Any] | None, problem: str | None) -> CostResult:
+        provider = self.provider
+        if problem == MALFORMED:
+            provider.count_error("cost_parse")
+        if usage is None and problem is None and provider.policy.cost is None:
+            return NO_COST
+        assert self.response is not None
+        return attempt_cost(
+            provider, self.model_name, usage, self.response.headers, unknown=problem is not None
+        )

@@ -1,0 +1,376 @@
+"""One call through :class:`resilience.ResilientTransport`: attempts, retries, delivery.
+
+The first attempt runs directly. Only when it asks for a retry (a retryable
+status or transport error) is a tenacity loop built, which replays that
+first result and runs the remaining attempts. Each attempt passes the
+breaker; a breaker that opens mid-loop ends it with the last real response
+or error. A retried response is recorded at its headers and closed once the
+next attempt is admitted; the final response is recorded when its body ends
+(:mod:`resilience._stream`). When retries run out, the last response or
+exception reaches the caller unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import anyio
+import httpx
+
+from resilience._attempt import Attempt, classify
+from resilience._breaker import CLOSED, FORCED_OPEN, OPEN
+from resilience._clock import AsyncSleep, Sleep
+from resilience._context import RequestStats
+from resilience._context import _current as _request_stats
+from resilience._errors import CircuitOpenError
+from resilience._inspect import BodyInspector
+from resilience._provider import FOLD_BATCH, Provider
+from resilience._resolve import Resolver, model_from_body
+from resilience._retry import (
+    RetryBudget,
+    async_retrying,
+    backoff,
+    budget_for,
+    parse_retry_after,
+    sync_retrying,
+)
+from resilience._stale import STALE_ERRORS, AsyncTracer, Tracer
+from resilience._stream import AsyncRecordingStream, SyncRecordingStream
+from resilience._window import TimeWindow
+
+_PLAIN_BODY_START = (b"", b"{", b"[")
+"""How a JSON body (or an empty one) starts: one without ``usage`` in it has no cost to find."""
+
+NOT_SENT = (httpx.UnsupportedProtocol, httpx.LocalProtocolError)
+"""Errors of the request itself: it never reached the provider, nothing is recorded."""
+
+SyncSend = Callable[[httpx.Request], httpx.Response]
+AsyncSend = Callable[[httpx.Request], Awaitable[httpx.Response]]
+
+
+class Call:
+    """The state of one call; see the module docstring. Built by the transport per request.
+
+    The happy path (a known host, a closed breaker, a plain success with its
+    body in memory) is inlined in :meth:`__init__` and :meth:`run_sync` /
+    :meth:`run_async`: it is what every call pays.
+    """
+
+    __slots__ = (
+        "budget", "model", "model_name", "permit", "provider", "request", "retry", "stale_done", "start",
+        "stats",
+    )
+
+    def __init__(self, resolve: Resolver, budgets: dict[str, RetryBudget], request: httpx.Request) -> None:
+        """Resolve the request and admit its first attempt (raises :class:`CircuitOpenError`)."""
+        self.request = request
+        extensions = request.extensions
+        provider = None
+        if extensions.get("provider") is None:
+            provider = resolve.known.get(request.url.host)
+        if provider is None:
+            provider = resolve(request)
+        self.provider = provider
+        model_name = extensions.get("model")
+        if model_name.__class__ is not str:
+            model_name = model_from_body(request)
+        self.model_name = model_name
+        self.model = model = None if model_name is None else provider.model_window(model_name)
+        self.retry = retry = provider.policy.retry
+        self.stats = stats = _request_stats.get()
+        self.stale_done = False
+        self.start = now = provider.clock()
+        budget = budgets.get(provider.name)
+        if budget is None or budget.policy is not retry:
+            budget = budget_for(budgets, provider)
+        budget.on_call(now)
+        self.budget = budget
+        breaker = provider.breaker
+        self.permit = breaker.permit if breaker._state is CLOSED else admit(provider, model, stats)
+
+    def attempt(self, permit: int, start: float, number: int) -> Attempt:
+        """The bookkeeping of attempt ``number``, admitted with ``permit`` at ``start``."""
+        return Attempt(self.provider, permit, self.model, self.model_name, self.stats, number, start)
+
+    def recorded_fast(self, response: httpx.Response) -> bool:
+        """Record a plain success whose body is in memory and holds no usage; ``False`` otherwise.
+
+        No objects, no header lookups; the closed-breaker branch of
+        ``Provider.record_success`` is inlined (as ``Guard`` does).
+        """
+        status = response.status_code
+        provider = self.provider
+        policy = provider.policy
+        if (
+            status >= 400
+            or status in policy.failure_statuses
+            or status in policy.throttle_statuses
+            or policy.cost is not None
+            or response.stream.__class__ is not httpx.ByteStream
+        ):
+            return False
+        body = response.read()
+        if b"usage" in body or body[:1] not in _PLAIN_BODY_START:
+            return False
+        now = provider.clock()
+        duration = now - self.start
+        breaker = provider.breaker
+        permit = self.permit
+        if breaker._state is CLOSED and duration < provider._slow_s and permit == breaker.permit:
+            model = self.model
+            pending = provider._pending if model is None else provider._model_pending[model]
+            pending.append(duration)
+            breaker._consecutive = 0
+            if now >= provider._fold_at or len(pending) >= FOLD_BATCH:
+                provider.fold(now)
+        else:
+            provider.record_success(permit, duration, now, self.model)
+        if self.stats is not None:
+            self.stats.add_attempt(provider.name)
+        return True
+
+    def failed(self, attempt: Attempt, exc: Exception) -> Attempt:
+        """An attempt that raised: a failure recorded at once (unless the request never left)."""
+        if isinstance(exc, NOT_SENT):
+            attempt.release()
+            raise exc
+        attempt.error = exc
+        attempt.finish(failed=True)
+        if isinstance(exc, httpx.TransportError) and self.retry.retry_transport_errors:
+            attempt.reason = "timeout" if isinstance(exc, httpx.TimeoutException) else "transport_error"
+        return attempt
+
+    def responded(self, attempt: Attempt, response: httpx.Response) -> Attempt:
+        """An attempt that got response headers: classify it, see whether it asks for a retry."""
+        attempt.headers_at = self.provider.clock()
+        attempt.response = response
+        status = response.status_code
+        policy = self.provider.policy
+        attempt.outcome = outcome = classify(policy, status)
+        retryable = status in self.retry.retry_statuses
+        if retryable or outcome == "throttled" or status == 503:
+            hint = parse_retry_after(response.headers.get("retry-after"))
+            attempt.wait_hint = hint
+            if outcome == "throttled" or status == 503:
+                attempt.retry_after = hint
+            if retryable:
+                attempt.reason = f"status_{status}"
+        return attempt
+
+    def attempt_sync(self, send: SyncSend, traced: bool, previous: Attempt) -> Attempt:
+        """Admit, send and classify a retry (sync); a rejection hands ``previous`` back."""
+        try:
+            permit = admit(self.provider, self.model, self.stats)
+        except CircuitOpenError:
+            previous.reason = None  # the breaker ended the loop: the last result goes back
+            return previous
+        attempt = self.attempt(permit, self.provider.clock(), previous.number + 1)
+        try:
+            if previous.response is not None:
+                previous.response.close()  # discarded
+            response = self.send_sync(send, traced)
+        except Exception as exc:
+            return self.failed(attempt, exc)
+        except BaseException:
+            attempt.release()
+            raise
+        return self.responded(attempt, response)
+
+    async def attempt_async(self, send: AsyncSend, traced: bool, previous: Attempt) -> Attempt:
+        """:meth:`attempt_sync` for async transports."""
+        try:
+            permit = admit(self.provider, self.model, self.stats)
+        except CircuitOpenError:
+            previous.reason = None
+            return previous
+        attempt = self.attempt(permit, self.provider.clock(), previous.number + 1)
+        try:
+            if previous.response is not None:
+                await previous.response.aclose()  # discarded
+            response = await self.send_async(send, traced)
+        except Exception as exc:
+            return self.failed(attempt, exc)
+        except BaseException:
+            attempt.release()
+            raise
+        return self.responded(attempt, response)
+
+    # -- sending, with the stale-connection resend -----------------------------
+
+    def send_sync(self, send: SyncSend, traced: bool) -> httpx.Response:
+        """Send once; resend once at once if a stale pooled connection failed it."""
+        request = self.request
+        extensions = request.extensions
+        user = extensions.get("trace")
+        tracer = extensions["trace"] = Tracer(user)
+        try:
+            try:
+                return send(request)
+            except STALE_ERRORS as exc:
+                if not self._may_resend(tracer, exc):
+                    raise
+            tracer.connected = tracer.responded = False
+            return send(request)
+        finally:
+            _restore_trace(extensions, user)
+
+    async def send_async(self, send: AsyncSend, traced: bool) -> httpx.Response:
+        """:meth:`send_sync` for async transports."""
+        request = self.request
+        extensions = request.extensions
+        user = extensions.get("trace")
+        tracer = extensions["trace"] = AsyncTracer(user)
+        try:
+            try:
+                return await send(request)
+            except STALE_ERRORS as exc:
+                if not self._may_resend(tracer, exc):
+                    raise
+            tracer.connected = tracer.responded = False
+            return await send(request)
+        finally:
+            _restore_trace(extensions, user)
+
+    def _may_resend(self, tracer: Tracer, exc: Exception) -> bool:
+        if self.stale_done or not tracer.stale(exc) or not isinstance(self.request.stream, httpx.ByteStream):
+            return False
+        self.stale_done = True
+        self.provider.count_retry("stale_connection")
+        return True
+
+    # -- retry decisions (tenacity's retry and wait) ---------------------------
+
+    def wants_retry(self, attempt: Attempt) -> bool:
+        """Whether to retry after ``attempt``; when yes, it is recorded and the retry counted."""
+        retry = self.retry
+        if attempt.reason is None or attempt.number >= retry.attempts:
+            return False
+        request = self.request
+        if not retry.retries_method(request.method) or not isinstance(request.stream, httpx.ByteStream):
+            return False
+        hint = attempt.wait_hint
+        if hint is not None and retry.respect_retry_after and hint > retry.max_retry_after_seconds:  # type: ignore[operator]  # float
+            return False  # too long to wait: the response goes back at once
+        if attempt.response is not None:
+            attempt.headers_at = None
+            attempt.finish(costed=False)  # discarded: recorded at its headers
+        provider = self.provider
+        if provider.state in (OPEN, FORCED_OPEN) or not self.budget.try_spend(provider.clock()):
+            return False
+        provider.count_retry(attempt.reason)
+        return True
+
+    def wait(self, attempt: Attempt, number: int) -> float:
+        """Seconds before retry ``number``: ``Retry-After`` when asked, else backoff with jitter."""
+        hint = attempt.wait_hint
+        if hint is not None and self.retry.respect_retry_after:
+            return hint
+        return backoff(self.retry, number)
+
+    # -- the whole call --------------------------------------------------------
+
+    def run_sync(self, send: SyncSend, traced: bool, sleep: Sleep) -> httpx.Response:
+        """Run the call to its response (or raise its last error)."""
+        try:
+            response = (self.send_sync(send, traced) if traced else send(self.request))
+        except Exception as exc:
+            first = self.failed(self.attempt(self.permit, self.start, 1), exc)
+        except BaseException:
+            self.provider.release(self.permit)
+            raise
+        else:
+            if self.recorded_fast(response):
+                return response
+            first = self.responded(self.attempt(self.permit, self.start, 1), response)
+        if first.reason is None or self.retry.attempts == 1:
+            return self.deliver(first, SyncRecordingStream)
+        last, replayed = first, False
+
+        def attempt() -> Attempt:
+            nonlocal last, replayed
+            if not replayed:  # tenacity judges the first result before any new attempt
+                replayed = True
+                return first
+            last = self.attempt_sync(send, traced, last)
+            return last
+
+        retrying = sync_retrying(self.retry.attempts, retry=self.wants_retry, wait=self.wait, sleep=sleep)
+        try:
+            final: Attempt = retrying(attempt)
+        except BaseException:
+            if last.response is not None:
+                last.response.close()
+            raise
+        return self.deliver(final, SyncRecordingStream)
+
+    async def run_async(self, send: AsyncSend, traced: bool, sleep: AsyncSleep) -> httpx.Response:
+        """:meth:`run_sync` for async transports."""
+        try:
+            response = await (self.send_async(send, traced) if traced else send(self.request))
+        except Exception as exc:
+            first = self.failed(self.attempt(self.permit, self.start, 1), exc)
+        except BaseException:
+            self.provider.release(self.permit)
+            raise
+        else:
+            if self.recorded_fast(response):
+                return response
+            first = self.responded(self.attempt(self.permit, self.start, 1), response)
+        if first.reason is None or self.retry.attempts == 1:
+            return self.deliver(first, AsyncRecordingStream)
+        last, replayed = first, False
+
+        async def attempt() -> Attempt:
+            nonlocal last, replayed
+            if not replayed:
+                replayed = True
+                return first
+            last = await self.attempt_async(send, traced, last)
+            return last
+
+        retrying = async_retrying(self.retry.attempts, retry=self.wants_retry, wait=self.wait, sleep=sleep)
+        try:
+            final: Attempt = await retrying(attempt)
+        except BaseException:
+            if last.response is not None:
+                with anyio.CancelScope(shield=True):
+                    await last.response.aclose()
+            raise
+        return self.deliver(final, AsyncRecordingStream)
+
+    def deliver(
+        self, attempt: Attempt, wrap: type[SyncRecordingStream] | type[AsyncRecordingStream]
+    ) -> httpx.Response:
+        """The final attempt's response, its stream wrapped to record at its end (or its error raised)."""
+        if attempt.error is not None:
+            raise attempt.error
+        response = attempt.response
+        assert response is not None
+        if attempt.done:
+            return response  # recorded already: the breaker ended the retries
+        stream = response.stream
+        if isinstance(stream, httpx.ByteStream):
+            attempt.headers_at = None  # not streamed: the body is already here
+            attempt.finish_body(response.read())
+        else:
+            attempt.inspector = BodyInspector.for_headers(response.headers)
+            response.stream = wrap(stream, attempt, self.request)  # type: ignore[arg-type]  # matching side
+        return response
+
+
+def admit(provider: Provider, model: TimeWindow | None, stats: RequestStats | None) -> int:
+    """A permit from the breaker; a rejection is counted in the request's totals too."""
+    try:
+        return provider.admit(model)
+    except CircuitOpenError:
+        if stats is not None:
+            stats.add_rejection(provider.name)
+        raise
+
+
+def _restore_trace(extensions: dict[str, object], user: object) -> None:
+    if user is None:
+        extensions.pop("trace", None)
+    else:
+        extensions["trace"] = user
+

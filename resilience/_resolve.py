@@ -1,0 +1,110 @@
+"""Which provider and model a request belongs to.
+
+In order: ``extensions={"provider": ..., "model": ...}`` on the httpx call;
+the registry's host map; the host name itself (auto-registered under
+``max_providers``, then folded into ``other``). The model, when not given,
+is the top-level ``"model"`` of a JSON request body that is already in
+memory and at most :data:`MAX_BODY` bytes; a streaming request body is never
+read. Model names are capped per provider by ``Provider.model_window``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import httpx
+
+from resilience._provider import Provider
+from resilience._registry import ProviderRegistry
+
+MAX_BODY = 1 << 20
+"""Largest request body searched for a ``"model"``."""
+
+_MODEL = re.compile(rb'"model"\s*:\s*"((?:[^"\\]|\\.)*)"')
+_MAX_MATCHES = 8
+_COMPACT = b'{"model":"'
+
+
+class Resolver:
+    """Resolves requests against one registry, remembering hosts of explicit registrations.
+
+    Only a host that an explicitly registered provider lists exactly is
+    remembered: such a mapping can never change (hosts cannot be taken twice,
+    explicit providers are never replaced), and their number is bounded by
+    the registrations. Every other host goes through ``registry.resolve``.
+    """
+
+    __slots__ = ("known", "registry")
+
+    def __init__(self, registry: ProviderRegistry) -> None:
+        self.registry = registry
+        self.known: dict[str, Provider] = {}
+
+    def __call__(self, request: httpx.Request) -> Provider:
+        """The provider of ``request``."""
+        name = request.extensions.get("provider")
+        if name is None:
+            host = request.url.host
+            provider = self.known.get(host)
+            return provider if provider is not None else self._by_host(host)
+        if isinstance(name, Provider):
+            return name
+        if isinstance(name, str) and name:
+            return self.registry.resolve(name)
+        return self._by_host(request.url.host)
+
+    def _by_host(self, host: str) -> Provider:
+        provider = self.registry.resolve(host=host)
+        if provider.explicit and host in provider.hosts and len(self.known) < 4096:
+            self.known[host] = provider
+        return provider
+
+
+def model_from_body(request: httpx.Request) -> str | None:
+    """The top-level ``"model"`` string of an in-memory JSON body, else ``None``; never raises."""
+    if not isinstance(request.stream, httpx.ByteStream):
+        return None  # streaming upload: never read it
+    try:
+        body = request.content
+    except httpx.RequestNotRead:
+        return None
+    if len(body) > MAX_BODY:
+        return None
+    if body.startswith(_COMPACT):  # how httpx's json= writes it: no regex needed
+        end = body.find(b'"', len(_COMPACT))
+        value = body[len(_COMPACT) : end]
+        if end > 0 and b"\\" not in value:
+            try:
+                return value.decode()
+            except UnicodeDecodeError:
+                return None
+    for count, match in enumerate(_MODEL.finditer(body)):
+        if count == _MAX_MATCHES:
+            break
+        model = _top_level_model(body, match)
+        if model is not None:
+            return model
+    return None
+
+
+def _top_level_model(body: bytes, match: re.Match[bytes]) -> str | None:
+    """The model if the ``"model": "..."`` pair ``match`` is a key of the outermost object.
+
+    A body that opens with the pair (``{"model": ...``, as SDKs send it) is
+    read directly. Otherwise the body up to the pair, closed with ``}``, must
+    parse: a nested ``"model"`` leaves a bracket open. Only that prefix is
+    parsed, never the whole body.
+    """
+    try:
+        if body[: match.start()].strip() == b"{":
+            value = match[1]
+            if b"\\" not in value:
+                return value.decode()
+            model = json.loads(b'"' + value + b'"')
+        else:
+            data = json.loads(body[: match.end()] + b"}")
+            model = data.get("model") if isinstance(data, dict) else None
+    except ValueError:  # UnicodeDecodeError included
+        return None
+    return model if isinstance(model, str) else None

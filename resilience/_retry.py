@@ -1,0 +1,161 @@
+"""Retry mechanics: ``Retry-After``, backoff, the retry budget, and the tenacity glue.
+
+tenacity stays private: :func:`sync_retrying` and :func:`async_retrying`
+build its loop only once an attempt has asked for a retry, so the happy path
+never constructs a tenacity object.
+
+The retry budget caps retries per provider at
+``max(budget_min_retries, budget_ratio × calls in the budget window)``, so an
+outage never multiplies the load on a provider by ``attempts``.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import math
+import random
+import threading
+from collections.abc import Callable
+from datetime import UTC
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import tenacity
+
+from resilience._clock import AsyncSleep, Sleep, wall_time
+from resilience._config import RetryPolicy
+
+if TYPE_CHECKING:
+    from resilience._provider import Provider
+
+T = TypeVar("T")
+
+BUDGET_BUCKETS = 10
+
+
+def parse_retry_after(value: str | None, *, now: Callable[[], float] = wall_time) -> float | None:
+    """Seconds a ``Retry-After`` value asks to wait, or ``None`` when absent or unreadable.
+
+    Accepts delta-seconds (``"120"``, also ``"1.5"``) and HTTP dates; a date in
+    the past means 0. Never raises.
+    """
+    if value is None:
+        return None
+    try:
+        text = value.strip()
+        if text[:1].isdigit():
+            seconds = float(text)
+            return seconds if seconds >= 0 and not math.isnan(seconds) else None
+        when = email.utils.parsedate_to_datetime(text)
+        if when.tzinfo is None:  # "-0000": UTC without a stated zone
+            when = when.replace(tzinfo=UTC)
+        return max(0.0, when.timestamp() - now())
+    except (ValueError, TypeError, IndexError, OverflowError):
+        return None
+
+
+def backoff(policy: RetryPolicy, retry: int, rand: Callable[[], float] = random.random) -> float:
+    """Seconds to wait before retry number ``retry`` (1 for the first retry), with jitter and cap."""
+    base = float(policy.backoff_seconds)  # type: ignore[arg-type]  # normalised to float
+    cap = float(policy.max_backoff_seconds)  # type: ignore[arg-type]
+    try:
+        delay = min(base * policy.backoff_multiplier ** (retry - 1), cap)
+    except OverflowError:
+        delay = cap
+    jitter = policy.jitter
+    return delay * (1.0 - jitter) + delay * jitter * rand()
+
+
+class RetryBudget:
+    """Retries allowed for one provider over a sliding window of calls.
+
+    Calls are counted without a lock (a rare lost increment under threads
+    only makes the budget slightly stricter); spending a retry takes the lock.
+    """
+
+    __slots__ = ("_calls", "_current", "_lock", "_retries", "_width", "policy")
+
+    def __init__(self, policy: RetryPolicy) -> None:
+        self.policy = policy
+        self._width = float(policy.budget_window_seconds) / BUDGET_BUCKETS  # type: ignore[arg-type]
+        self._calls = [0] * BUDGET_BUCKETS
+        self._retries = [0] * BUDGET_BUCKETS
+        self._current = -1
+        self._lock = threading.Lock()
+
+    def on_call(self, now: float) -> None:
+        """Count one call (a first attempt)."""
+        bucket = int(now // self._width)
+        if bucket != self._current:
+            with self._lock:
+                self._advance_locked(bucket)
+        self._calls[bucket % BUDGET_BUCKETS] += 1
+
+    def try_spend(self, now: float) -> bool:
+        """Take one retry from the budget; ``False`` when it is spent."""
+        bucket = int(now // self._width)
+        with self._lock:
+            self._advance_locked(bucket)
+            allowed = max(self.policy.budget_min_retries, self.policy.budget_ratio * sum(self._calls))
+            if sum(self._retries) >= allowed:
+                return False
+            self._retries[bucket % BUDGET_BUCKETS] += 1
+            return True
+
+    def _advance_locked(self, bucket: int) -> None:
+        current = self._current
+        if bucket <= current:
+            return
+        for b in range(max(current + 1, bucket - BUDGET_BUCKETS + 1), bucket + 1):
+            self._calls[b % BUDGET_BUCKETS] = 0
+            self._retries[b % BUDGET_BUCKETS] = 0
+        self._current = bucket
+
+
+def sync_retrying(
+    attempts: int,
+    *,
+    retry: Callable[[T], bool],
+    wait: Callable[[T, int], float],
+    sleep: Sleep,
+) -> tenacity.Retrying:
+    """A tenacity loop over attempt results: ``retry(result)`` asks again, ``wait(result, n)`` paces it."""
+    return tenacity.Retrying(sleep=sleep, reraise=True, **_strategy(attempts, retry, wait))
+
+
+def async_retrying(
+    attempts: int,
+    *,
+    retry: Callable[[T], bool],
+    wait: Callable[[T, int], float],
+    sleep: AsyncSleep,
+) -> tenacity.AsyncRetrying:
+    """:func:`sync_retrying` for coroutines."""
+    return tenacity.AsyncRetrying(sleep=sleep, reraise=True, **_strategy(attempts, retry, wait))
+
+
+def _strategy(
+    attempts: int, retry: Callable[[Any], bool], wait: Callable[[Any, int], float]
+) -> dict[str, Any]:
+    def should_retry(state: tenacity.RetryCallState) -> bool:
+        outcome = state.outcome
+        return outcome is not None and not outcome.failed and retry(outcome.result())
+
+    def how_long(state: tenacity.RetryCallState) -> float:
+        assert state.outcome is not None
+        return wait(state.outcome.result(), state.attempt_number)
+
+    return {
+        "stop": tenacity.stop_after_attempt(attempts),
+        "retry": should_retry,
+        "wait": how_long,
+        "retry_error_callback": lambda state: state.outcome.result(),
+    }
+
+
+def budget_for(budgets: dict[str, RetryBudget], provider: Provider) -> RetryBudget:
+    """The retry budget of ``provider`` in ``budgets`` (one per provider name and retry policy)."""
+    policy = provider.policy.retry
+    budget = budgets.get(provider.name)
+    if budget is None or budget.policy is not policy:
+        budget = budgets[provider.name] = RetryBudget(policy)
+    return budget

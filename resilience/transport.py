@@ -1,0 +1,147 @@
+"""``ResilientTransport``: every provider call through breaker, retries, windows and cost.
+
+::
+
+    client = httpx.AsyncClient(transport=resilience.ResilientTransport(registry))
+    sync_client = httpx.Client(transport=resilience.ResilientTransport(registry))
+
+The transport is thin: which provider and model a request belongs to lives
+in :mod:`resilience._resolve`, the attempts and retries in
+:mod:`resilience._call`, the recording response streams in
+:mod:`resilience._stream`.
+"""
+
+from __future__ import annotations
+
+import threading
+from types import TracebackType
+from typing import Any
+
+import httpx
+
+from resilience import _clock
+from resilience._call import AsyncSend, Call, SyncSend
+from resilience._clock import AsyncSleep, Sleep
+from resilience._errors import ConfigError
+from resilience._registry import ProviderRegistry
+from resilience._resolve import Resolver
+from resilience._retry import RetryBudget
+from resilience._stale import traceable
+
+BUDGETS = "resilience.retry_budgets"
+"""Key of the per-provider retry budgets in ``registry.extensions`` (shared by its transports)."""
+
+
+class ResilientTransport(httpx.BaseTransport, httpx.AsyncBaseTransport):
+    """An httpx transport that runs every request through its provider's breaker and policy.
+
+    Serves both ``httpx.Client`` and ``httpx.AsyncClient``.
+
+    Args:
+        registry: the providers, their policies and the clock.
+        transport: the transport that does the I/O, used for both sides; by
+            default an ``httpx.HTTPTransport()`` / ``httpx.AsyncHTTPTransport()``,
+            created when that side is first used.
+        sleep: how sync retries wait (``time.sleep``); tests pass ``FakeClock.sleep``.
+        async_sleep: how async retries wait (``asyncio.sleep``).
+
+    Raises:
+        ConfigError: ``registry`` is not a :class:`resilience.ProviderRegistry`.
+    """
+
+    def __init__(
+        self,
+        registry: ProviderRegistry,
+        transport: httpx.BaseTransport | httpx.AsyncBaseTransport | None = None,
+        *,
+        sleep: Sleep | None = None,
+        async_sleep: AsyncSleep | None = None,
+    ) -> None:
+        if not isinstance(registry, ProviderRegistry):
+            raise ConfigError(f"registry must be a ProviderRegistry, got {registry!r}")
+        self.registry = registry
+        self._given = transport
+        self._sync: Any = transport
+        self._async: Any = transport
+        self._sync_send: SyncSend | None = getattr(transport, "handle_request", None)
+        self._async_send: AsyncSend | None = getattr(transport, "handle_async_request", None)
+        self._sync_traced = self._async_traced = traceable(transport)
+        self._sleep = sleep or _clock.sleep
+        self._async_sleep = async_sleep or _clock.async_sleep
+        self._budgets: dict[str, RetryBudget] = registry.extensions.setdefault(BUDGETS, {})
+        self._resolve = Resolver(registry)
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"<ResilientTransport over {self._given or 'httpx.HTTPTransport'!r}>"
+
+    # -- sync ------------------------------------------------------------------
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        """Send ``request`` through its provider's breaker, retries and windows."""
+        send = self._sync_send or self._make_sync()
+        return Call(self._resolve, self._budgets, request).run_sync(send, self._sync_traced, self._sleep)
+
+    def _make_sync(self) -> SyncSend:
+        with self._lock:
+            if self._sync_send is None:
+                if self._sync is not None:
+                    raise TypeError(f"{self._sync!r} is an async transport; use it with httpx.AsyncClient")
+                self._sync = httpx.HTTPTransport()
+                self._sync_traced = True
+                self._sync_send = self._sync.handle_request
+            return self._sync_send
+
+    def close(self) -> None:
+        """Close the inner transport (the sync default, or the one given)."""
+        inner = self._sync
+        if inner is not None and hasattr(inner, "close"):
+            inner.close()
+
+    # -- async -----------------------------------------------------------------
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        """:meth:`handle_request` for ``httpx.AsyncClient``."""
+        send = self._async_send or self._make_async()
+        call = Call(self._resolve, self._budgets, request)
+        return await call.run_async(send, self._async_traced, self._async_sleep)
+
+    def _make_async(self) -> AsyncSend:
+        with self._lock:
+            if self._async_send is None:
+                if self._async is not None:
+                    raise TypeError(f"{self._async!r} is a sync transport; use it with httpx.Client")
+                self._async = httpx.AsyncHTTPTransport()
+                self._async_traced = True
+                self._async_send = self._async.handle_async_request
+            return self._async_send
+
+    async def aclose(self) -> None:
+        """Close the inner transport (the async default, or the one given)."""
+        inner = self._async
+        if inner is not None and hasattr(inner, "aclose"):
+            await inner.aclose()
+
+    # -- context managers (both bases define them; be explicit) ---------------
+
+    def __enter__(self) -> ResilientTransport:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None = None,
+        exc_value: BaseException | None = None,
+        traceback: TracebackType | None = None,
+    ) -> None:
+        self.close()
+
+    async def __aenter__(self) -> ResilientTransport:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None = None,
+        exc_value: BaseException | None = None,
+        traceback: TracebackType | None = None,
+    ) -> None:
+        await self.aclose()
