@@ -85,6 +85,13 @@ class Series:
         self.names.append(name)
         self.labels.append(labels)
 
+    def add_run(self, index: int, name: str, labels: list[dict[str, str]]) -> None:
+        """Series of one family with one sample name, many label sets."""
+        if labels:
+            self.runs.append([index, len(labels)])
+            self.names += [name] * len(labels)
+            self.labels += labels
+
     def copy(self) -> Series:
         other = Series()
         other.runs = [list(run) for run in self.runs]
@@ -125,7 +132,7 @@ def fixed_series(names: tuple[str, ...], provider: str, les: tuple[float, ...]) 
 
 
 def fixed_values(snap: ProviderSnapshot) -> list[float]:
-    """The values of :func:`_fixed_rows`; the histogram's count is its ``+Inf`` bucket."""
+    """The values of :func:`fixed_series`; the histogram's count is its ``+Inf`` bucket."""
     state, requests = snap.state, snap.requests_total
     buckets = [count for _le, count in snap.duration_buckets]
     return [
@@ -137,24 +144,42 @@ def fixed_values(snap: ProviderSnapshot) -> list[float]:
     ]
 
 
+ModelLabels = dict[tuple[str, str], tuple[dict[str, str], ...]]
+"""Label sets of a (provider, model) pair: the pair, then with each quantile."""
+
+
 def model_series(
-    names: tuple[str, ...], snap: ProviderSnapshot, budget: list[int], series: Series, values: list[float]
+    names: tuple[str, ...],
+    snap: ProviderSnapshot,
+    budget: list[int],
+    series: Series,
+    values: list[float],
+    cache: ModelLabels,
 ) -> None:
     """Per-model gauges while ``budget[0]`` pairs remain; the rest counted in ``budget[1]``."""
-    for model in snap.models:
-        if budget[0] <= 0:
-            budget[1] += 1
-            continue
-        budget[0] -= 1
-        window = model.window
-        labels = {"provider": snap.name, "model": model.model}
-        for index, value in (
-            (MODEL_CALLS, window.calls), (MODEL_ERROR_RATE, window.error_rate), (MODEL_COST, window.cost_usd)
-        ):
-            series.add(index, names[index], labels)
-            values.append(value)
-        for quantile, attr in _QUANTILES:
-            value = getattr(window, attr)
+    models = snap.models
+    kept = max(0, min(len(models), budget[0]))
+    budget[0] -= kept
+    budget[1] += len(models) - kept
+    labels = []
+    for model in models[:kept]:
+        pair = cache.get((snap.name, model.model))
+        if pair is None:
+            one = {"provider": snap.name, "model": model.model}
+            pair = cache[(snap.name, model.model)] = (one, *({**one, "quantile": q} for q, _ in _QUANTILES))
+        labels.append(pair)
+    windows = [model.window for model in models[:kept]]
+    pairs = [pair[0] for pair in labels]
+    series.add_run(MODEL_CALLS, names[MODEL_CALLS], pairs)
+    series.add_run(MODEL_ERROR_RATE, names[MODEL_ERROR_RATE], pairs)
+    series.add_run(MODEL_COST, names[MODEL_COST], pairs)
+    values += [w.calls for w in windows]
+    values += [w.error_rate for w in windows]
+    values += [w.cost_usd for w in windows]
+    quantile_labels = []
+    for pair, window in zip(labels, windows, strict=True):
+        for label_set, value in zip(pair[1:], (window.p50, window.p95, window.p99), strict=True):
             if value is not None:
-                series.add(MODEL_LATENCY, names[MODEL_LATENCY], {**labels, "quantile": quantile})
+                quantile_labels.append(label_set)
                 values.append(value)
+    series.add_run(MODEL_LATENCY, names[MODEL_LATENCY], quantile_labels)

@@ -51,6 +51,7 @@ from resilience._metric_series import (
     SPECS,
     TRANSITIONS,
     Append,
+    ModelLabels,
     Series,
     fixed_series,
     fixed_values,
@@ -125,6 +126,7 @@ class ResilienceCollector(Collector):
         # the fixed series of each provider, built once per name; label dicts are shared by the
         # samples of every scrape and never mutated (providers are capped, so is this cache)
         self._rows: dict[str, tuple[tuple[float, ...], Series]] = {}
+        self._model_labels: ModelLabels = {}
         self.collect_errors: dict[str, int] = {}
         self._lock = threading.Lock()
 
@@ -218,7 +220,7 @@ class ResilienceCollector(Collector):
             series.add(TRANSITIONS, names[TRANSITIONS] + "_total", labels)
             values.append(count)
         if self.model_metrics:
-            model_series(names, snap, budget, series, values)
+            model_series(names, snap, budget, series, values, self._model_labels)
         return series, values
 
     def _count_collect_error(self, name: str) -> None:

@@ -94,7 +94,14 @@ def running_redis_server() -> Iterator[RedisServer]:
     binary = require_binary("redis-server")
     with tempfile.TemporaryDirectory(prefix="resilience-redis-") as directory:
         server = RedisServer(binary, directory)
-        server.start()
+        for attempt in range(3):  # the free port may be taken between the check and the bind
+            try:
+                server.start()
+                break
+            except RuntimeError:
+                if attempt == 2:
+                    raise
+                server.port = free_port()
         try:
             yield server
         finally:
