@@ -96,6 +96,7 @@ def test_metric_name_extraction() -> None:
     assert metric_names(expr) == {"a_bucket", "b_total", "c"}
 
 
+@pytest.mark.promtool
 def test_every_expression_parses_with_promtool(tmp_path: Path) -> None:
     """promtool parses every expression (each wrapped as a recording rule)."""
     promtool = require_binary("promtool")
