@@ -200,6 +200,8 @@ class Call:
     def send_sync(self, send: SyncSend, traced: bool) -> httpx.Response:
         """Send once; resend once at once if a stale pooled connection failed it."""
         request = self.request
+        if not traced:
+            return send(request)  # no pool of ours behind it: nothing to tell
         extensions = request.extensions
         user = extensions.get("trace")
         tracer = extensions["trace"] = Tracer(user)
@@ -217,6 +219,8 @@ class Call:
     async def send_async(self, send: AsyncSend, traced: bool) -> httpx.Response:
         """:meth:`send_sync` for async transports."""
         request = self.request
+        if not traced:
+            return await send(request)
         extensions = request.extensions
         user = extensions.get("trace")
         tracer = extensions["trace"] = AsyncTracer(user)

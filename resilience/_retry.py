@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import tenacity
 
-from resilience._clock import AsyncSleep, Sleep, wall_time
+from resilience import _clock
+from resilience._clock import AsyncSleep, Sleep
 from resilience._config import RetryPolicy
 
 if TYPE_CHECKING:
@@ -32,11 +33,12 @@ T = TypeVar("T")
 BUDGET_BUCKETS = 10
 
 
-def parse_retry_after(value: str | None, *, now: Callable[[], float] = wall_time) -> float | None:
+def parse_retry_after(value: str | None, *, now: Callable[[], float] | None = None) -> float | None:
     """Seconds a ``Retry-After`` value asks to wait, or ``None`` when absent or unreadable.
 
     Accepts delta-seconds (``"120"``, also ``"1.5"``) and HTTP dates; a date in
-    the past means 0. Never raises.
+    the past means 0. Never raises: anything else (negative, not finite,
+    garbage) is ``None``.
     """
     if value is None:
         return None
@@ -44,11 +46,11 @@ def parse_retry_after(value: str | None, *, now: Callable[[], float] = wall_time
         text = value.strip()
         if text[:1].isdigit():
             seconds = float(text)
-            return seconds if seconds >= 0 and not math.isnan(seconds) else None
+            return seconds if 0 <= seconds < math.inf else None
         when = email.utils.parsedate_to_datetime(text)
         if when.tzinfo is None:  # "-0000": UTC without a stated zone
             when = when.replace(tzinfo=UTC)
-        return max(0.0, when.timestamp() - now())
+        return max(0.0, when.timestamp() - (now or _clock.wall_time)())
     except (ValueError, TypeError, IndexError, OverflowError):
         return None
 
