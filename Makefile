@@ -28,14 +28,16 @@ typecheck: $(STAMP)
 test: lint typecheck
 	$(BIN)/python -m pytest
 
+# DEMO_SECONDS=N stops it by itself; DEMO_PORT sets the gateway port (default 8000).
 demo: $(STAMP)
-	$(BIN)/python -m resilience demo
+	$(BIN)/python -m resilience demo $(if $(DEMO_SECONDS),--seconds $(DEMO_SECONDS)) $(if $(DEMO_PORT),--port $(DEMO_PORT))
 
 docs: $(STAMP)
 	$(BIN)/mkdocs build --strict --site-dir site
 
+# Runs every benchmark once and rewrites the tables of docs/benchmarks.md.
 bench: $(BENCH_STAMP)
-	$(BIN)/python -m pytest benchmarks --benchmark-only -p no:randomly -q
+	$(BIN)/python benchmarks/report.py
 
 clean:
 	rm -rf $(VENV) site .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,129 @@
+"""The demo gateway: a Starlette app wired as the SPEC's "Wiring", forwarding to the providers.
+
+``POST /v1/chat/completions`` takes an OpenAI-style body; the provider is
+the body's ``"provider"`` field or the ``x-provider`` header. The call goes
+out through one shared ``httpx.AsyncClient(transport=ResilientTransport(registry))``;
+an open breaker raises :class:`resilience.CircuitOpenError`, which
+:class:`resilience.ResilienceMiddleware` answers with 503 and ``Retry-After``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+
+import httpx
+from prometheus_client import CollectorRegistry, make_asgi_app
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+import resilience
+
+DASHBOARD_PATH = "/ops"
+COMPLETIONS_PATH = "/v1/chat/completions"
+DEMO_POLICY = resilience.Policy(
+    breaker=resilience.BreakerPolicy(
+        failure_rate_threshold=0.5,
+        minimum_calls=20,
+        window_seconds=10.0,
+        consecutive_failures=8,   # a provider that went down hard trips at once
+        open_seconds=3.0,
+        max_open_seconds=6.0,
+    ),
+    retry=resilience.RetryPolicy(
+        attempts=2, backoff_seconds=0.05, max_backoff_seconds=0.2, max_retry_after_seconds=1.0,
+    ),
+    latency_slo_seconds=1.0,
+    stats_window_seconds=20.0,
+)
+"""Tuned so that trips, rejections and recoveries show within seconds."""
+
+
+@dataclass
+class Gateway:
+    """The gateway app and what it is wired to."""
+
+    app: Starlette
+    registry: resilience.ProviderRegistry
+    metrics: CollectorRegistry
+    client: httpx.AsyncClient
+
+    async def aclose(self) -> None:
+        """Close the outgoing client and its connections."""
+        await self.client.aclose()
+
+
+class _Asgi:
+    """Lets a plain ASGI function sit in a ``Route`` (which would take a function for an endpoint)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.app(scope, receive, send)
+
+
+def build_gateway(upstreams: Mapping[str, str], transport: httpx.AsyncBaseTransport | None = None) -> Gateway:
+    """The gateway, forwarding to ``upstreams`` (provider name -> base URL).
+
+    Args:
+        upstreams: provider name -> base URL.
+        transport: what the resilient transport sends through (tests); real HTTP by default.
+    """
+    registry = resilience.ProviderRegistry(default_policy=DEMO_POLICY)
+    for name in upstreams:
+        registry.register(name)
+    metrics = CollectorRegistry()
+    registry.register_metrics(metrics)
+
+    client = httpx.AsyncClient(
+        transport=resilience.ResilientTransport(registry, transport), timeout=httpx.Timeout(5.0),
+    )
+    forward = _forwarder(client, dict(upstreams))
+
+    app = Starlette(routes=[
+        Mount(DASHBOARD_PATH, app=resilience.dashboard_router(registry)),
+        Route("/metrics", _Asgi(make_asgi_app(registry=metrics))),
+        Route(COMPLETIONS_PATH, forward, methods=["POST"]),
+        Route("/", _index),
+    ])
+    app.add_middleware(resilience.ResilienceMiddleware, registry=registry)
+    return Gateway(app=app, registry=registry, metrics=metrics, client=client)
+
+
+def _forwarder(
+    client: httpx.AsyncClient, upstreams: dict[str, str]
+) -> Callable[[Request], Awaitable[Response]]:
+    async def chat_completions(request: Request) -> Response:
+        """Forward one chat completion to the provider it names."""
+        try:
+            body = json.loads(await request.body() or b"{}")
+        except ValueError:
+            return JSONResponse({"error": "the body must be JSON"}, status_code=400)
+        name = request.headers.get("x-provider") or (body.get("provider") if isinstance(body, dict) else None)
+        if name not in upstreams:
+            return JSONResponse({"error": f"unknown provider; one of {sorted(upstreams)}"}, status_code=404)
+        try:
+            upstream = await client.post(
+                upstreams[name] + COMPLETIONS_PATH, json=body, extensions={"provider": name},
+            )
+        except httpx.HTTPError as exc:  # CircuitOpenError is left to the middleware: 503
+            return JSONResponse({"error": f"{name} unreachable: {type(exc).__name__}"}, status_code=502)
+        headers = {k: v for k, v in upstream.headers.items() if k == "retry-after"}
+        return Response(upstream.content, upstream.status_code, headers, media_type="application/json")
+
+    return chat_completions
+
+
+async def _index(request: Request) -> Response:
+    return JSONResponse({
+        "dashboard": f"{DASHBOARD_PATH}/health/dashboard/ui",
+        "health": f"{DASHBOARD_PATH}/health/dashboard",
+        "models": f"{DASHBOARD_PATH}/models/stats",
+        "metrics": "/metrics",
+        "completions": f"POST {COMPLETIONS_PATH}",
+    })

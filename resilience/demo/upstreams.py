@@ -1,0 +1,150 @@
+"""Four simulated LLM providers, each a small ASGI app served on its own loopback port.
+
+* ``healthy``: answers 200 in about 20 ms;
+* ``flaky``: answers 500 for a share of requests (``DEMO_FLAKY_ERROR_RATE``) and
+  takes longer (``DEMO_FLAKY_LATENCY_MS``);
+* ``outage``: up for a few seconds, then down (503) for longer, on a fixed cycle;
+* ``throttled``: answers 429 with ``Retry-After`` for a share of requests.
+
+Every success is an OpenAI-style chat completion whose ``usage`` carries the
+tokens and the USD ``cost`` (as openrouter reports it), so the gateway's
+cost metrics move too.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from starlette.types import Receive, Scope, Send
+
+from resilience import _clock
+
+PRICE_PER_TOKEN = {"demo-small": 0.15e-6, "demo-large": 2.5e-6}
+"""USD per token of the simulated models."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Behaviour:
+    """How one simulated provider answers.
+
+    Args:
+        latency: seconds per answer (randomised by ±50 %).
+        error_rate: share of requests answered 500.
+        throttle_rate: share of requests answered 429 with ``Retry-After``.
+        retry_after: the ``Retry-After`` of a 429, whole seconds.
+        up_seconds: with ``down_seconds``, the length of each up phase.
+        down_seconds: length of each down phase (503), 0 for never down.
+    """
+
+    latency: float = 0.02
+    error_rate: float = 0.0
+    throttle_rate: float = 0.0
+    retry_after: int = 2
+    up_seconds: float = 5.0
+    down_seconds: float = 0.0
+
+
+class Upstream:
+    """One simulated provider: an ASGI app answering ``POST /v1/chat/completions``.
+
+    Args:
+        name: the provider's name, echoed in the answers.
+        behaviour: how it answers.
+        clock: monotonic seconds; the outage schedule counts from construction.
+        seed: seeds its random choices, so runs are alike.
+    """
+
+    def __init__(
+        self, name: str, behaviour: Behaviour, *, clock: Callable[[], float] = _clock.monotonic, seed: int = 0
+    ) -> None:
+        self.name = name
+        self.behaviour = behaviour
+        self.clock = clock
+        self.started = clock()
+        self.random = random.Random(seed)
+        self.served = 0
+
+    def is_down(self) -> bool:
+        """Whether the outage schedule has this provider down right now."""
+        b = self.behaviour
+        if b.down_seconds <= 0:
+            return False
+        return (self.clock() - self.started) % (b.up_seconds + b.down_seconds) >= b.up_seconds
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        body = await _read_body(receive)
+        self.served += 1
+        status, payload, headers = self.answer(body)
+        if status == 200:
+            await _clock.async_sleep(self.behaviour.latency * self.random.uniform(0.5, 1.5))
+        data = json.dumps(payload).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()),
+                   *headers]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": data})
+
+    def answer(self, body: bytes) -> tuple[int, dict[str, object], list[tuple[bytes, bytes]]]:
+        """Status, JSON payload and extra headers for one request body."""
+        b = self.behaviour
+        if self.is_down():
+            return 503, _error("service unavailable (scheduled outage)"), []
+        roll = self.random.random()
+        if roll < b.throttle_rate:
+            return 429, _error("rate limit exceeded"), [(b"retry-after", str(b.retry_after).encode())]
+        if roll < b.throttle_rate + b.error_rate:
+            return 500, _error("internal error"), []
+        return 200, self.completion(_model_of(body)), []
+
+    def completion(self, model: str) -> dict[str, object]:
+        """An OpenAI-style chat completion with usage and cost."""
+        prompt = self.random.randint(20, 400)
+        completion = self.random.randint(10, 300)
+        price = PRICE_PER_TOKEN.get(model, PRICE_PER_TOKEN["demo-small"])
+        return {
+            "id": f"chatcmpl-{self.name}-{self.served}",
+            "object": "chat.completion",
+            "model": model,
+            "provider": self.name,
+            "choices": [{"index": 0, "finish_reason": "stop",
+                         "message": {"role": "assistant", "content": f"Hello from {self.name}."}}],
+            "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
+                      "total_tokens": prompt + completion, "cost": round((prompt + completion) * price, 8)},
+        }
+
+
+def demo_upstreams(*, flaky_error_rate: float, flaky_latency: float, seed: int = 0) -> list[Upstream]:
+    """The four providers of the demo, in display order."""
+    return [
+        Upstream("healthy", Behaviour(latency=0.02), seed=seed),
+        Upstream("flaky", Behaviour(latency=flaky_latency, error_rate=flaky_error_rate), seed=seed + 1),
+        Upstream("outage", Behaviour(latency=0.03, up_seconds=5.0, down_seconds=10.0), seed=seed + 2),
+        Upstream("throttled", Behaviour(latency=0.03, throttle_rate=0.3, retry_after=2), seed=seed + 3),
+    ]
+
+
+async def _read_body(receive: Receive) -> bytes:
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return b""
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _model_of(body: bytes) -> str:
+    try:
+        model = json.loads(body or b"{}").get("model")
+    except (ValueError, AttributeError):
+        return "demo-small"
+    return model if model in PRICE_PER_TOKEN else "demo-small"
+
+
+def _error(message: str) -> dict[str, object]:
+    return {"error": {"message": message, "type": "upstream_error"}}

@@ -1,0 +1,234 @@
+"""The demo: ``python -m resilience demo`` runs, shows trips and recoveries, and stops cleanly."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from resilience.demo import DemoOptions
+from resilience.demo.gateway import COMPLETIONS_PATH, build_gateway
+from resilience.demo.load import status_key
+from resilience.demo.upstreams import Behaviour, Upstream, demo_upstreams
+from resilience.testing import FakeClock
+
+ROOT = Path(__file__).resolve().parents[1]
+SPEC_GAUGES = (
+    "provider_availability",
+    "provider_error_rate",
+    "gatewayz_provider_health_score",
+    "gatewayz_circuit_breaker_state",
+)
+RUN_SECONDS = 12
+
+
+def free_port() -> int:
+    """A port of 127.0.0.1 nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_demo(tmp_path: Path, **env: str) -> tuple[subprocess.Popen[bytes], Path, Path]:
+    """``python -m resilience demo`` in a subprocess; its stdout and stderr go to files."""
+    out, err = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
+    with out.open("wb") as stdout, err.open("wb") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "resilience", "demo"], cwd=ROOT,
+            env={**os.environ, **env}, stdout=stdout, stderr=stderr,
+        )
+    return process, out, err
+
+
+def gauges(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """The SPEC gauges' samples in a Prometheus text exposition."""
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text) if family.name in SPEC_GAUGES
+        for s in family.samples
+    }
+
+
+def poll(base: str, process: subprocess.Popen[bytes]) -> Iterator[tuple[dict[str, Any], str]]:
+    """Dashboard JSON and /metrics text, every quarter second while the demo runs."""
+    with httpx.Client(base_url=base, timeout=2.0) as client:
+        while process.poll() is None:
+            try:
+                health = client.get("/ops/health/dashboard").json()
+                metrics = client.get("/metrics").text
+            except httpx.TransportError:  # not up yet, or shutting down
+                pass
+            else:
+                yield health, metrics
+            time.sleep(0.25)
+
+
+@pytest.mark.integration
+def test_demo_trips_a_breaker_moves_the_gauges_and_exits_zero(tmp_path: Path) -> None:
+    """DEMO_SECONDS ends the run with 0; meanwhile one provider is open while one is healthy, gauges move."""
+    port = free_port()
+    process, out, err = start_demo(tmp_path, DEMO_SECONDS=str(RUN_SECONDS), DEMO_PORT=str(port))
+    try:
+        seen = [(h, gauges(m)) for h, m in poll(f"http://127.0.0.1:{port}", process)]
+        assert process.wait(timeout=RUN_SECONDS + 15) == 0, err.read_text()
+    finally:
+        process.kill()
+        process.wait()
+    assert "Traceback" not in err.read_text()
+    stdout = out.read_text()
+    assert f"http://127.0.0.1:{port}/ops/health/dashboard/ui" in stdout
+    assert f"http://127.0.0.1:{port}/metrics" in stdout
+    assert "stopped after" in stdout
+    both = [
+        health for health, _ in seen
+        if {p["breaker_state"] for p in health["providers"]} >= {"open"}
+        and any(p["name"] == "healthy" and p["status"] == "healthy" for p in health["providers"])
+    ]
+    assert both, [[(p["name"], p["breaker_state"], p["status"]) for p in h["providers"]] for h, _ in seen]
+    scrapes = [g for _, g in seen if g]
+    assert {name for name, _ in scrapes[0]} == set(SPEC_GAUGES)
+    assert scrapes[0] != scrapes[-1]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    "sig", [pytest.param(signal.SIGINT, id="SIGINT"), pytest.param(signal.SIGTERM, id="SIGTERM")]
+)
+def test_demo_stops_cleanly_on_a_signal(tmp_path: Path, sig: signal.Signals) -> None:
+    """Ctrl-C or SIGTERM shut the servers down and exit 0 without a traceback."""
+    process, out, err = start_demo(tmp_path, DEMO_PORT=str(free_port()), DEMO_SECONDS="")
+    try:
+        deadline = time.monotonic() + 15
+        while " req " not in out.read_text() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert process.poll() is None, err.read_text()
+        process.send_signal(sig)
+        assert process.wait(timeout=10) == 0, err.read_text()
+    finally:
+        process.kill()
+        process.wait()
+    assert err.read_text() == ""
+    assert "stopped after" in out.read_text()
+
+
+def test_demo_refuses_a_busy_port(tmp_path: Path) -> None:
+    """A taken DEMO_PORT fails at once with a message naming the port and how to choose another."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        process, _, err = start_demo(tmp_path, DEMO_PORT=str(port), DEMO_SECONDS="5")
+        assert process.wait(timeout=15) == 2
+    message = err.read_text()
+    assert f"port {port}" in message and "DEMO_PORT" in message
+    assert "Traceback" not in message
+
+
+@pytest.mark.parametrize(
+    ("env", "given", "expected"),
+    [
+        pytest.param({}, {}, DemoOptions(), id="defaults"),
+        pytest.param({"DEMO_PORT": "9001", "DEMO_SECONDS": "20", "DEMO_RPS": "5"}, {},
+                     DemoOptions(port=9001, seconds=20.0, rps=5.0), id="env"),
+        pytest.param({"DEMO_PORT": "9001", "DEMO_SECONDS": ""}, {"port": 9002, "seconds": None},
+                     DemoOptions(port=9002), id="flags-win-empty-is-unset"),
+        pytest.param({"DEMO_FLAKY_ERROR_RATE": "0.5"}, {}, DemoOptions(flaky_error_rate=0.5), id="flaky"),
+    ],
+)
+def test_options_from_env(env: dict[str, str], given: dict[str, Any], expected: DemoOptions) -> None:
+    """DEMO_* variables set the options; command-line values win; empty means unset."""
+    assert DemoOptions.from_env(env, **given) == expected
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        pytest.param({"DEMO_RPS": "fast"}, "DEMO_RPS", id="not-a-number"),
+        pytest.param({"DEMO_PORT": "70000"}, "port", id="port-range"),
+        pytest.param({"DEMO_FLAKY_ERROR_RATE": "1.5"}, "flaky_error_rate", id="rate-range"),
+        pytest.param({"DEMO_SECONDS": "0"}, "seconds", id="seconds"),
+    ],
+)
+def test_bad_options_name_the_setting(env: dict[str, str], named: str) -> None:
+    """A bad value is a ValueError naming the variable or option."""
+    with pytest.raises(ValueError, match=named):
+        DemoOptions.from_env(env)
+
+
+@pytest.mark.parametrize(
+    ("status", "key"),
+    [(200, "2xx"), (204, "2xx"), (429, "429"), (503, "503"), (500, "5xx"), (502, "5xx"), (404, "other"),
+     (None, "errors")],
+)
+def test_status_mix_columns(status: int | None, key: str) -> None:
+    """Each response status lands in its progress-line column."""
+    assert status_key(status) == key
+
+
+def test_outage_follows_its_schedule() -> None:
+    """The outage provider is up, then answers 503 for the down phase, then is up again."""
+    clock = FakeClock(100.0)
+    outage = Upstream("outage", Behaviour(up_seconds=5.0, down_seconds=10.0), clock=clock)
+    statuses = []
+    for step in (1.0, 5.0, 9.0, 1.0):  # t = 1, 6, 15, 16
+        clock.advance(step)
+        statuses.append(outage.answer(b"{}")[0])
+    assert statuses == [200, 503, 200, 200]
+
+
+def test_throttled_answers_429_with_retry_after() -> None:
+    """The throttled provider pushes back on a share of requests with a Retry-After header."""
+    upstreams = demo_upstreams(flaky_error_rate=0.3, flaky_latency=0.1)
+    throttled = next(u for u in upstreams if u.name == "throttled")
+    answers = [throttled.answer(b'{"model": "demo-small"}') for _ in range(200)]
+    limited = [headers for status, _, headers in answers if status == 429]
+    assert 20 < len(limited) < 100
+    assert all((b"retry-after", b"2") in headers for headers in limited)
+    ok = next(payload for status, payload, _ in answers if status == 200)
+    assert ok["usage"]["cost"] > 0  # type: ignore[index]
+
+
+def upstream_transport(upstreams: dict[str, Upstream]) -> httpx.MockTransport:
+    """Answers as the simulated providers would, told apart by the request's host."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        status, payload, headers = upstreams[request.url.host].answer(request.content)
+        return httpx.Response(status, json=payload, headers=[(k.decode(), v.decode()) for k, v in headers])
+
+    return httpx.MockTransport(handler)
+
+
+@pytest.mark.anyio
+async def test_gateway_forwards_and_answers_open_breakers_with_503() -> None:
+    """The gateway forwards by provider, counts cost, and an open breaker is a 503 with Retry-After."""
+    upstreams = {u.name: u for u in demo_upstreams(flaky_error_rate=0.3, flaky_latency=0.1)}
+    gateway = build_gateway({name: f"http://{name}" for name in upstreams}, upstream_transport(upstreams))
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=gateway.app), base_url="http://gw")
+    async with client:
+        ok = await client.post(COMPLETIONS_PATH, json={"provider": "healthy", "model": "demo-large"})
+        gateway.registry.get("outage").force_open()
+        shut = await client.post(
+            COMPLETIONS_PATH, json={"model": "demo-small"}, headers={"x-provider": "outage"}
+        )
+        unknown = await client.post(COMPLETIONS_PATH, json={"provider": "nope"})
+        health = (await client.get("/ops/health/dashboard")).json()
+        metrics = (await client.get("/metrics")).text
+    await gateway.aclose()
+    assert ok.status_code == 200 and ok.json()["provider"] == "healthy"
+    assert shut.status_code == 503 and int(shut.headers["retry-after"]) >= 1
+    assert json.loads(shut.content)["error"]["provider"] == "outage"
+    assert unknown.status_code == 404
+    states = {p["name"]: p["breaker_state"] for p in health["providers"]}
+    assert states == {"healthy": "closed", "flaky": "closed", "outage": "forced_open", "throttled": "closed"}
+    assert 'gatewayz_cost_by_provider_total{provider="healthy"}' in metrics
