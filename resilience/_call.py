@@ -24,7 +24,7 @@ from resilience._context import RequestStats
 from resilience._context import _current as _request_stats
 from resilience._errors import CircuitOpenError
 from resilience._inspect import BodyInspector
-from resilience._provider import FOLD_BATCH, Provider
+from resilience._provider import Provider
 from resilience._resolve import Resolver, model_from_body
 from resilience._retry import (
     RetryBudget,
@@ -95,8 +95,8 @@ class Call:
     def recorded_fast(self, response: httpx.Response) -> bool:
         """Record a plain success whose body is in memory and holds no usage; ``False`` otherwise.
 
-        No objects, no header lookups; the closed-breaker branch of
-        ``Provider.record_success`` is inlined (as ``Guard`` does).
+        No objects, no header lookups; ``Provider.record_success`` is lock-free
+        while the breaker is closed.
         """
         status = response.status_code
         provider = self.provider
@@ -113,18 +113,7 @@ class Call:
         if b"usage" in body or body[:1] not in _PLAIN_BODY_START:
             return False
         now = provider.clock()
-        duration = now - self.start
-        breaker = provider.breaker
-        permit = self.permit
-        if breaker._state is CLOSED and duration < provider._slow_s and permit == breaker.permit:
-            model = self.model
-            pending = provider._pending if model is None else provider._model_pending[model]
-            pending.append(duration)
-            breaker._consecutive = 0
-            if now >= provider._fold_at or len(pending) >= FOLD_BATCH:
-                provider.fold(now)
-        else:
-            provider.record_success(permit, duration, now, self.model)
+        provider.record_success(self.permit, now - self.start, now, self.model)
         if self.stats is not None:
             self.stats.add_attempt(provider.name)
         return True
