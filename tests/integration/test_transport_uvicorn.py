@@ -1,0 +1,280 @@
+"""ResilientTransport over real sockets: a uvicorn upstream on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import anyio
+import httpcore
+import httpx
+import pytest
+
+from resilience import (
+    Policy,
+    ProviderRegistry,
+    ResilientTransport,
+    RetryPolicy,
+    StreamTimeoutError,
+)
+from resilience.testing import FakeClock
+
+pytestmark = [pytest.mark.integration, pytest.mark.anyio]
+
+USAGE = {"prompt_tokens": 5, "completion_tokens": 7, "cost": 0.002}
+
+
+async def upstream(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """The fake provider: one behaviour per path."""
+    path = scope["path"]
+
+    async def start(status: int = 200, content_type: bytes = b"application/json") -> None:
+        headers = [(b"content-type", content_type)]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+
+    async def body(data: bytes, more: bool = False) -> None:
+        await send({"type": "http.response.body", "body": data, "more_body": more})
+
+    if path == "/ok":
+        await start()
+        await body(json.dumps({"usage": USAGE}).encode())
+    elif path == "/slow":
+        if await linger(receive, 5.0):
+            await start()
+            await body(b"{}")
+    elif path == "/sse":
+        await start(content_type=b"text/event-stream")
+        events = ({"choices": [{"delta": {"content": "hi"}}], "usage": None}, {"choices": [], "usage": USAGE})
+        for event in events:
+            await body(f"data: {json.dumps(event)}\n\n".encode(), more=True)
+            await anyio.sleep(0.01)
+        await body(b"data: [DONE]\n\n")
+    elif path == "/disconnect":
+        await start(content_type=b"text/plain")
+        await body(b"partial", more=True)
+        raise RuntimeError("upstream died mid-stream")  # uvicorn drops the connection
+    elif path == "/first-byte":
+        await start(content_type=b"text/plain")
+        if await linger(receive, float(scope["query_string"] or b"5")):
+            await body(b"late")
+
+
+async def linger(receive: Any, seconds: float) -> bool:
+    """Wait ``seconds``; ``False`` as soon as the client goes away (so servers stop promptly)."""
+    with anyio.move_on_after(seconds):
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        return False
+    return True
+
+
+def transport_for(
+    policy: Policy | None = None, **options: Any
+) -> tuple[ResilientTransport, ProviderRegistry, FakeClock]:
+    """A transport over httpx's own (real) transports; retries wait on a fake clock."""
+    clock = FakeClock()
+    registry = ProviderRegistry(policy)
+    transport = ResilientTransport(registry, sleep=clock.sleep, async_sleep=clock.async_sleep, **options)
+    return transport, registry, clock
+
+
+def totals(registry: ProviderRegistry) -> dict[str, int]:
+    """Requests by outcome across providers, without zeros."""
+    out: dict[str, int] = {}
+    for provider in registry.providers():
+        for outcome, n in provider.snapshot().requests_total.items():
+            if n:
+                out[outcome] = out.get(outcome, 0) + n
+    return out
+
+
+@pytest.fixture
+def url(uvicorn_server: Callable[..., str]) -> str:
+    """The base URL of the fake provider."""
+    return uvicorn_server(upstream)
+
+
+def refused_port() -> int:
+    """A port on 127.0.0.1 nothing listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def test_success_with_cost_over_real_http(url: str) -> None:
+    """A real JSON response: success, cost and tokens recorded; provider named by host."""
+    transport, registry, _ = transport_for()
+    async with httpx.AsyncClient(transport=transport) as client:
+        response = await client.post(url + "/ok", json={"model": "gpt-4o"})
+    assert response.json() == {"usage": USAGE}
+    snap = registry.get("127.0.0.1").snapshot()
+    assert (snap.window.successes, snap.window.input_tokens) == (1, 5)
+    assert snap.cost_total == pytest.approx(0.002)
+    assert snap.models[0].model == "gpt-4o"
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_connection_refused_is_retried_then_raised(mode: str) -> None:
+    """ConnectError: a failure per attempt, retried, then raised (not mistaken for a stale connection)."""
+    transport, registry, clock = transport_for(Policy(retry=RetryPolicy(attempts=2, jitter=0.0)))
+    target = f"http://127.0.0.1:{refused_port()}/x"
+    with pytest.raises(httpx.ConnectError):
+        if mode == "sync":
+            with httpx.Client(transport=transport) as client:
+                await anyio.to_thread.run_sync(client.get, target)
+        else:
+            async with httpx.AsyncClient(transport=transport) as aclient:
+                await aclient.get(target)
+    assert totals(registry) == {"failure": 2}
+    assert registry.get("127.0.0.1").snapshot().retries_total == {"transport_error": 1}
+    assert clock.sleeps == [0.2]
+
+
+async def test_read_timeout_is_a_failure(url: str) -> None:
+    """httpx's own read timeout: a failure, and the ReadTimeout reaches the caller."""
+    transport, registry, _ = transport_for(Policy(retry=RetryPolicy(attempts=1)))
+    async with httpx.AsyncClient(transport=transport, timeout=httpx.Timeout(5.0, read=0.2)) as client:
+        with pytest.raises(httpx.ReadTimeout):
+            await client.get(url + "/slow")
+    assert totals(registry) == {"failure": 1}
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_mid_stream_disconnect_is_a_failure(mode: str, url: str) -> None:
+    """The upstream dying after the headers: the body read fails and the attempt is a failure."""
+    transport, registry, _ = transport_for(Policy(retry=RetryPolicy(attempts=1)))
+    with pytest.raises(httpx.RemoteProtocolError):
+        if mode == "sync":
+            with httpx.Client(transport=transport) as client:
+                await anyio.to_thread.run_sync(client.get, url + "/disconnect")
+        else:
+            async with httpx.AsyncClient(transport=transport) as aclient:
+                await aclient.get(url + "/disconnect")
+    assert totals(registry) == {"failure": 1}
+
+
+async def test_slow_first_byte_async(url: str) -> None:
+    """Async: headers at once, no body for 5 s; first_byte_timeout cuts it at 0.3 s."""
+    transport, registry, _ = transport_for(Policy(first_byte_timeout=0.3))
+    started = time.monotonic()
+    async with httpx.AsyncClient(transport=transport) as client:
+        with pytest.raises(StreamTimeoutError):
+            await client.get(url + "/first-byte")
+    assert time.monotonic() - started < 4.0
+    assert totals(registry) == {"failure": 1}
+
+
+def test_slow_first_byte_sync(url: str) -> None:
+    """Sync: the late first chunk (0.6 s, limit 0.2 s) is a breach once it arrives."""
+    transport, registry, _ = transport_for(Policy(first_byte_timeout=0.2))
+    with httpx.Client(transport=transport) as client, pytest.raises(StreamTimeoutError):
+        client.get(url + "/first-byte?0.6")
+    assert totals(registry) == {"failure": 1}
+
+
+async def test_sse_usage_through_a_real_stream(url: str) -> None:
+    """SSE from a real server: chunks stream, usage in the final event is the cost."""
+    transport, registry, _ = transport_for()
+    async with (
+        httpx.AsyncClient(transport=transport) as client,
+        client.stream("POST", url + "/sse", json={"model": "m"}) as response,
+    ):
+        lines = [line async for line in response.aiter_lines() if line]
+    assert lines[-1] == "data: [DONE]"
+    snap = registry.get("127.0.0.1").snapshot()
+    assert snap.window.successes == 1
+    assert snap.cost_total == pytest.approx(0.002)
+    assert (snap.window.input_tokens, snap.window.output_tokens) == (5, 7)
+    assert snap.time_to_headers is not None and snap.time_to_headers.successes == 1
+
+
+def wait_until(condition: Callable[[], bool], seconds: float = 10.0) -> None:
+    """Poll ``condition`` until it holds (a server-side event we cannot be told of)."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "condition never held"
+        time.sleep(0.02)
+
+
+def test_stale_keep_alive_connection_is_resent_once_sync(
+    uvicorn_server: Callable[..., str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server closed the pooled connection while idle; the request is resent, not recorded."""
+    url = uvicorn_server(upstream, timeout_keep_alive=0.2)
+    inner = httpx.HTTPTransport()
+    transport, registry, _ = transport_for(Policy(retry=RetryPolicy(attempts=1)), transport=inner)
+    with httpx.Client(transport=transport) as client:
+        assert client.get(url + "/ok").status_code == 200
+        pool = inner._pool  # httpx's connection pool: watch the idle connection being closed
+        wait_until(lambda: pool.connections[0].has_expired())
+        # lose the race the pool's idle check normally wins: reuse the dead connection
+        monkeypatch.setattr(httpcore.HTTPConnection, "has_expired", lambda self: False)
+        assert client.get(url + "/ok").status_code == 200
+    provider = registry.get("127.0.0.1")
+    snap = provider.snapshot()
+    assert snap.requests_total["success"] == 2
+    assert snap.requests_total["failure"] == 0
+    assert snap.retries_total == {"stale_connection": 1}
+
+
+async def test_stale_keep_alive_connection_is_resent_once_async(
+    uvicorn_server: Callable[..., str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same with the async pool."""
+    url = uvicorn_server(upstream, timeout_keep_alive=0.2)
+    inner = httpx.AsyncHTTPTransport()
+    transport, registry, _ = transport_for(Policy(retry=RetryPolicy(attempts=1)), transport=inner)
+    async with httpx.AsyncClient(transport=transport) as client:
+        assert (await client.get(url + "/ok")).status_code == 200
+        pool = inner._pool
+        deadline = time.monotonic() + 10
+        while not pool.connections[0].has_expired():
+            assert time.monotonic() < deadline
+            await anyio.sleep(0.02)
+        monkeypatch.setattr(httpcore.AsyncHTTPConnection, "has_expired", lambda self: False)
+        assert (await client.get(url + "/ok")).status_code == 200
+    snap = registry.get("127.0.0.1").snapshot()
+    assert (snap.requests_total["success"], snap.requests_total["failure"]) == (2, 0)
+    assert snap.retries_total == {"stale_connection": 1}
+
+
+@pytest.fixture
+def dropping_server() -> Iterator[str]:
+    """A raw server that reads each request and closes the connection without a response."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    listener.settimeout(0.1)
+    stop = threading.Event()
+
+    def run() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.recv(65536)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join(5)
+        listener.close()
+
+
+def test_a_fresh_connection_dropped_is_a_failure(dropping_server: str) -> None:
+    """Disconnected without a response on a NEW connection: the provider's fault, recorded."""
+    transport, registry, _ = transport_for(Policy(retry=RetryPolicy(attempts=1)))
+    with httpx.Client(transport=transport) as client, pytest.raises(httpx.RemoteProtocolError):
+        client.post(dropping_server + "/", json={"model": "m"})
+    snap = registry.get("127.0.0.1").snapshot()
+    assert snap.requests_total["failure"] == 1
+    assert snap.retries_total == {}
