@@ -20,6 +20,7 @@ import httpx
 from resilience._attempt import Attempt, classify
 from resilience._breaker import CLOSED, FORCED_OPEN, OPEN
 from resilience._clock import AsyncSleep, Sleep
+from resilience._config import RetryPolicy
 from resilience._context import RequestStats
 from resilience._context import _current as _request_stats
 from resilience._errors import CircuitOpenError
@@ -36,7 +37,7 @@ from resilience._retry import (
 )
 from resilience._stale import STALE_ERRORS, AsyncTracer, Tracer
 from resilience._stream import AsyncRecordingStream, SyncRecordingStream
-from resilience._window import TimeWindow
+from resilience._window import REJECTED, TimeWindow
 
 _PLAIN_BODY_START = (b"", b"{", b"[")
 """How a JSON body (or an empty one) starts: one without ``usage`` in it has no cost to find."""
@@ -57,13 +58,13 @@ class Call:
     """
 
     __slots__ = (
-        "budget", "model", "model_name", "permit", "provider", "request", "retry", "stale_done", "start",
-        "stats",
+        "budgets", "model", "model_name", "permit", "provider", "request", "stale_done", "start", "stats",
     )
 
     def __init__(self, resolve: Resolver, budgets: dict[str, RetryBudget], request: httpx.Request) -> None:
         """Resolve the request and admit its first attempt (raises :class:`CircuitOpenError`)."""
         self.request = request
+        self.budgets = budgets
         extensions = request.extensions
         provider = None
         if extensions.get("provider") is None:
@@ -76,17 +77,16 @@ class Call:
             model_name = model_from_body(request)
         self.model_name = model_name
         self.model = model = None if model_name is None else provider.model_window(model_name)
-        self.retry = retry = provider.policy.retry
         self.stats = stats = _request_stats.get()
         self.stale_done = False
-        self.start = now = provider.clock()
-        budget = budgets.get(provider.name)
-        if budget is None or budget.policy is not retry:
-            budget = budget_for(budgets, provider)
-        budget.on_call(now)
-        self.budget = budget
         breaker = provider.breaker
         self.permit = breaker.permit if breaker._state is CLOSED else admit(provider, model, stats)
+        self.start = provider.clock()
+
+    @property
+    def retry(self) -> RetryPolicy:
+        """The provider's retry policy."""
+        return self.provider.policy.retry
 
     def attempt(self, permit: int, start: float, number: int) -> Attempt:
         """The bookkeeping of attempt ``number``, admitted with ``permit`` at ``start``."""
@@ -248,10 +248,18 @@ class Call:
             attempt.headers_at = None
             attempt.finish(costed=False)  # discarded: recorded at its headers
         provider = self.provider
-        if provider.state in (OPEN, FORCED_OPEN) or not self.budget.try_spend(provider.clock()):
+        if provider.state in (OPEN, FORCED_OPEN) or not self._spend():
             return False
         provider.count_retry(attempt.reason)
         return True
+
+    def _spend(self) -> bool:
+        """Take a retry from the provider's budget (shared by the registry's transports)."""
+        provider = self.provider
+        now = provider.clock()
+        provider.fold(now)  # count the pending fast successes too
+        totals = provider.requests_total
+        return budget_for(self.budgets, provider).try_spend(now, sum(totals) - totals[REJECTED])
 
     def wait(self, attempt: Attempt, number: int) -> float:
         """Seconds before retry ``number``: ``Retry-After`` when asked, else backoff with jitter."""
@@ -265,12 +273,9 @@ class Call:
     def run_sync(self, send: SyncSend, traced: bool, sleep: Sleep) -> httpx.Response:
         """Run the call to its response (or raise its last error)."""
         try:
-            response = (self.send_sync(send, traced) if traced else send(self.request))
-        except Exception as exc:
-            first = self.failed(self.attempt(self.permit, self.start, 1), exc)
-        except BaseException:
-            self.provider.release(self.permit)
-            raise
+            response = self.send_sync(send, traced) if traced else send(self.request)
+        except BaseException as exc:
+            first = self.first_failed(exc)
         else:
             if self.recorded_fast(response):
                 return response
@@ -297,18 +302,28 @@ class Call:
         return self.deliver(final, SyncRecordingStream)
 
     async def run_async(self, send: AsyncSend, traced: bool, sleep: AsyncSleep) -> httpx.Response:
-        """:meth:`run_sync` for async transports."""
+        """:meth:`run_sync` for async transports (the transport inlines this for untraced ones)."""
         try:
             response = await (self.send_async(send, traced) if traced else send(self.request))
-        except Exception as exc:
-            first = self.failed(self.attempt(self.permit, self.start, 1), exc)
-        except BaseException:
-            self.provider.release(self.permit)
-            raise
+        except BaseException as exc:
+            first = self.first_failed(exc)
         else:
             if self.recorded_fast(response):
                 return response
             first = self.responded(self.attempt(self.permit, self.start, 1), response)
+        return await self.go_on_async(first, send, traced, sleep)
+
+    def first_failed(self, exc: BaseException) -> Attempt:
+        """The first attempt raised: a failed attempt, or (cancelled) the permit back and re-raise."""
+        if not isinstance(exc, Exception):
+            self.provider.release(self.permit)
+            raise exc
+        return self.failed(self.attempt(self.permit, self.start, 1), exc)
+
+    async def go_on_async(
+        self, first: Attempt, send: AsyncSend, traced: bool, sleep: AsyncSleep
+    ) -> httpx.Response:
+        """After a first attempt that was not a plain success: deliver it, or retry."""
         if first.reason is None or self.retry.attempts == 1:
             return self.deliver(first, AsyncRecordingStream)
         last, replayed = first, False

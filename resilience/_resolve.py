@@ -69,7 +69,7 @@ def model_from_body(request: httpx.Request) -> str | None:
         body = request.content
     except httpx.RequestNotRead:
         return None
-    if len(body) > MAX_BODY:
+    if not body or len(body) > MAX_BODY:
         return None
     if body.startswith(_COMPACT):  # how httpx's json= writes it: no regex needed
         end = body.find(b'"', len(_COMPACT))

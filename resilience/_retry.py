@@ -15,6 +15,7 @@ import email.utils
 import math
 import random
 import threading
+from collections import deque
 from collections.abc import Callable
 from datetime import UTC
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -68,47 +69,54 @@ def backoff(policy: RetryPolicy, retry: int, rand: Callable[[], float] = random.
 
 
 class RetryBudget:
-    """Retries allowed for one provider over a sliding window of calls.
+    """Retries allowed for one provider: ``max(floor, ratio × calls in the window)``.
 
-    Calls are counted without a lock (a rare lost increment under threads
-    only makes the budget slightly stricter); spending a retry takes the lock.
+    Nothing is counted on the happy path. Calls are read from the provider's
+    own counters (attempts recorded, less the retries this budget granted)
+    when a retry is asked for, and sampled then; the calls in the window are
+    those since the oldest sample still inside it. Until samples span the
+    window this undercounts, so a budget errs strict, never lenient.
     """
 
-    __slots__ = ("_calls", "_current", "_lock", "_retries", "_width", "policy")
+    __slots__ = ("_current", "_granted", "_lock", "_retries", "_samples", "_width", "_window", "policy")
 
     def __init__(self, policy: RetryPolicy) -> None:
         self.policy = policy
-        self._width = float(policy.budget_window_seconds) / BUDGET_BUCKETS  # type: ignore[arg-type]
-        self._calls = [0] * BUDGET_BUCKETS
+        self._window = float(policy.budget_window_seconds)  # type: ignore[arg-type]  # normalised to float
+        self._width = self._window / BUDGET_BUCKETS
         self._retries = [0] * BUDGET_BUCKETS
         self._current = -1
+        self._granted = 0
+        self._samples: deque[tuple[float, int]] = deque()
         self._lock = threading.Lock()
 
-    def on_call(self, now: float) -> None:
-        """Count one call (a first attempt)."""
-        bucket = int(now // self._width)
-        if bucket != self._current:
-            with self._lock:
-                self._advance_locked(bucket)
-        self._calls[bucket % BUDGET_BUCKETS] += 1
-
-    def try_spend(self, now: float) -> bool:
-        """Take one retry from the budget; ``False`` when it is spent."""
+    def try_spend(self, now: float, attempts: int) -> bool:
+        """Take one retry; ``attempts`` is the provider's attempt count so far. ``False`` when spent."""
         bucket = int(now // self._width)
         with self._lock:
             self._advance_locked(bucket)
-            allowed = max(self.policy.budget_min_retries, self.policy.budget_ratio * sum(self._calls))
+            calls = self._calls_locked(now, attempts - self._granted)
+            allowed = max(self.policy.budget_min_retries, self.policy.budget_ratio * calls)
             if sum(self._retries) >= allowed:
                 return False
             self._retries[bucket % BUDGET_BUCKETS] += 1
+            self._granted += 1
             return True
+
+    def _calls_locked(self, now: float, first_attempts: int) -> int:
+        samples = self._samples
+        horizon = now - self._window
+        while samples and samples[0][0] <= horizon:
+            samples.popleft()
+        if not samples or now - samples[-1][0] >= self._width:
+            samples.append((now, first_attempts))
+        return max(0, first_attempts - samples[0][1])
 
     def _advance_locked(self, bucket: int) -> None:
         current = self._current
         if bucket <= current:
             return
         for b in range(max(current + 1, bucket - BUDGET_BUCKETS + 1), bucket + 1):
-            self._calls[b % BUDGET_BUCKETS] = 0
             self._retries[b % BUDGET_BUCKETS] = 0
         self._current = bucket
 

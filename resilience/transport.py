@@ -104,7 +104,18 @@ class ResilientTransport(httpx.BaseTransport, httpx.AsyncBaseTransport):
         """:meth:`handle_request` for ``httpx.AsyncClient``."""
         send = self._async_send or self._make_async()
         call = Call(self._resolve, self._budgets, request)
-        return await call.run_async(send, self._async_traced, self._async_sleep)
+        if self._async_traced:
+            return await call.run_async(send, True, self._async_sleep)
+        # Call.run_async inlined: one coroutine less on every call
+        try:
+            response = await send(request)
+        except BaseException as exc:
+            first = call.first_failed(exc)
+        else:
+            if call.recorded_fast(response):
+                return response
+            first = call.responded(call.attempt(call.permit, call.start, 1), response)
+        return await call.go_on_async(first, send, False, self._async_sleep)
 
     def _make_async(self) -> AsyncSend:
         with self._lock:

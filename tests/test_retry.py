@@ -139,20 +139,27 @@ def test_backoff_jitter_randomises_its_share(rand: float, expected: float) -> No
 
 
 def test_budget_floor_then_ratio() -> None:
-    """Retries allowed = max(floor, ratio × calls in the window)."""
+    """Retries allowed = max(floor, ratio × first attempts in the window)."""
     budget = RetryBudget(RetryPolicy(budget_min_retries=2, budget_ratio=0.5, budget_window_seconds=10.0))
-    assert [budget.try_spend(0.0) for _ in range(3)] == [True, True, False]
-    for _ in range(10):
-        budget.on_call(1.0)
-    assert [budget.try_spend(1.0) for _ in range(4)] == [True, True, True, False]  # 5 in all
+    assert [budget.try_spend(0.0, 0) for _ in range(3)] == [True, True, False]
+    # 12 attempts since: 10 calls and the 2 retries granted; each retry asked after one more attempt
+    assert [budget.try_spend(1.0, 12 + i) for i in range(4)] == [True, True, True, False]  # 5 in all
 
 
 def test_budget_window_slides() -> None:
     """Retries spent leave the budget once the window has passed them."""
     budget = RetryBudget(RetryPolicy(budget_min_retries=1, budget_ratio=0.0, budget_window_seconds=10.0))
-    assert budget.try_spend(100.0)
-    assert not budget.try_spend(105.0)
-    assert budget.try_spend(111.0)
+    assert budget.try_spend(100.0, 0)
+    assert not budget.try_spend(105.0, 0)
+    assert budget.try_spend(111.0, 0)
+
+
+def test_budget_counts_only_calls_inside_the_window() -> None:
+    """Calls older than the window no longer raise the allowance."""
+    budget = RetryBudget(RetryPolicy(budget_min_retries=0, budget_ratio=0.5, budget_window_seconds=10.0))
+    assert not budget.try_spend(0.0, 0)  # first sample: nothing counted yet
+    assert budget.try_spend(5.0, 10)  # 10 calls since the sample: 5 allowed
+    assert not budget.try_spend(20.0, 11)  # the sample at 0 left the window; the one at 5 too
 
 
 # -- the retry loop ------------------------------------------------------------

@@ -1,0 +1,147 @@
+"""ResilientTransport beside the bare transport it wraps, each group in one run.
+
+* happy path: ``httpx.Client`` / ``httpx.AsyncClient`` over a ``MockTransport``
+  that answers 200 at once, with and without ``ResilientTransport`` (1,000
+  requests a round). GET without a body, and POST with a JSON ``model`` as
+  LLM SDKs send it (the model is read from the body). httpx-retries joins
+  the GET group from ``bench_peers.py``.
+* throughput: 8 threads through one ``httpx.Client`` to an upstream that
+  takes 1 ms (a ``MockTransport`` handler that sleeps), bare, through
+  ``ResilientTransport``, and through a transport that wraps each request in
+  ``pybreaker.CircuitBreaker.call``.
+
+``make bench`` runs them and writes the ratios to docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pybreaker
+import pytest
+from pytest_benchmark.fixture import BenchmarkFixture
+
+from resilience import ProviderRegistry, ResilientTransport
+
+REQUESTS = 1000
+THREADS = 8
+REQUESTS_PER_THREAD = 25
+UPSTREAM_SECONDS = 0.001
+GET_GROUP = "transport happy path (1000 requests)"
+POST_GROUP = "transport happy path, POST with a model (1000 requests)"
+ASYNC_GROUP = "transport async happy path (1000 requests)"
+THREADS_GROUP = "transport: 8 threads x 1 ms upstream"
+BASE_URL = "http://api.test"
+PAYLOAD = {"model": "gpt-4o", "messages": [{"role": "user", "content": "Say hi."}]}
+
+
+def _ok(request: httpx.Request) -> httpx.Response:
+    return httpx.Response(200, json={"ok": True})
+
+
+def _registry() -> ProviderRegistry:
+    registry = ProviderRegistry()
+    registry.register("api", hosts=["api.test"])
+    return registry
+
+
+def _transport(kind: str, handler: Callable[[httpx.Request], httpx.Response] = _ok) -> httpx.MockTransport:
+    """The bare mock, or the same mock inside ResilientTransport (typed loosely: both are transports)."""
+    mock = httpx.MockTransport(handler)
+    return mock if kind == "bare" else ResilientTransport(_registry(), mock)  # type: ignore[return-value]
+
+
+KINDS = [pytest.param("bare", id="bare"), pytest.param("resilience", id="resilience")]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.benchmark(group=GET_GROUP)
+def test_transport_get(benchmark: BenchmarkFixture, kind: str) -> None:
+    """``client.get`` × 1,000 through httpx.Client."""
+    client = httpx.Client(transport=_transport(kind), base_url=BASE_URL)
+    benchmark.extra_info["peer"] = kind
+
+    def run() -> None:
+        for _ in range(REQUESTS):
+            client.get("/v1/models")
+
+    benchmark(run)
+    client.close()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.benchmark(group=POST_GROUP)
+def test_transport_post_model(benchmark: BenchmarkFixture, kind: str) -> None:
+    """``client.post(json={"model": ...})`` × 1,000: the model is read from the body."""
+    client = httpx.Client(transport=_transport(kind), base_url=BASE_URL)
+    benchmark.extra_info["peer"] = kind
+
+    def run() -> None:
+        for _ in range(REQUESTS):
+            client.post("/v1/chat/completions", json=PAYLOAD)
+
+    benchmark(run)
+    client.close()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.benchmark(group=ASYNC_GROUP)
+def test_transport_async(benchmark: BenchmarkFixture, kind: str) -> None:
+    """``await client.post(json={"model": ...})`` × 1,000 through httpx.AsyncClient."""
+    loop = asyncio.new_event_loop()
+    client = httpx.AsyncClient(transport=_transport(kind), base_url=BASE_URL)
+    benchmark.extra_info["peer"] = kind
+
+    async def run() -> None:
+        for _ in range(REQUESTS):
+            await client.post("/v1/chat/completions", json=PAYLOAD)
+
+    benchmark(lambda: loop.run_until_complete(run()))
+    loop.run_until_complete(client.aclose())
+    loop.close()
+
+
+# -- 8 threads, 1 ms upstream -----------------------------------------------------------------------
+
+
+def _slow(request: httpx.Request) -> httpx.Response:
+    time.sleep(UPSTREAM_SECONDS)
+    return httpx.Response(200, json={"ok": True})
+
+
+class PybreakerTransport(httpx.BaseTransport):
+    """What a naive wrapper does: every request through ``pybreaker.CircuitBreaker.call``."""
+
+    def __init__(self, inner: httpx.BaseTransport) -> None:
+        self.inner = inner
+        self.breaker = pybreaker.CircuitBreaker()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response: httpx.Response = self.breaker.call(self.inner.handle_request, request)
+        return response
+
+
+def _threaded(kind: str) -> httpx.BaseTransport:
+    if kind == "pybreaker":
+        return PybreakerTransport(httpx.MockTransport(_slow))
+    return _transport(kind, _slow)
+
+
+@pytest.mark.parametrize("kind", [*KINDS, pytest.param("pybreaker", id="pybreaker")])
+@pytest.mark.benchmark(group=THREADS_GROUP)
+def test_transport_threads(benchmark: BenchmarkFixture, kind: str) -> None:
+    """8 threads × 25 requests through one httpx.Client to a 1 ms upstream (200 a round)."""
+    client = httpx.Client(transport=_threaded(kind), base_url=BASE_URL)
+    benchmark.extra_info.update(peer=kind, requests=THREADS * REQUESTS_PER_THREAD)
+
+    def work() -> None:
+        for _ in range(REQUESTS_PER_THREAD):
+            client.post("/v1/chat/completions", json=PAYLOAD).raise_for_status()
+
+    with ThreadPoolExecutor(THREADS) as pool:
+        benchmark(lambda: [f.result() for f in [pool.submit(work) for _ in range(THREADS)]])
+    client.close()
