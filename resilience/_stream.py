@@ -45,10 +45,13 @@ class _Timeouts:
         return self.first is not None or self.idle is not None
 
     def breach(self, attempt: Attempt, first: bool, limit: float) -> StreamTimeoutError:
-        what = "the first body chunk" if first else "the next body chunk"
-        return StreamTimeoutError(
-            f"{attempt.provider.name}: no {what} within {limit:g}s", request=self.request
+        name = attempt.provider.name
+        message = (
+            f"{name}: first body chunk not received within {limit:g}s"
+            if first
+            else f"{name}: no body chunk for {limit:g}s"
         )
+        return StreamTimeoutError(message, request=self.request)
 
 
 class SyncRecordingStream(httpx.SyncByteStream):
