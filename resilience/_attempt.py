@@ -19,6 +19,7 @@ import httpx
 from resilience._config import ResolvedPolicy
 from resilience._context import RequestStats
 from resilience._cost import NO_COST, CostResult, attempt_cost
+from resilience._errors import CircuitOpenError
 from resilience._inspect import MALFORMED, BodyInspector, whole_body_usage
 from resilience._provider import Provider
 from resilience._window import TimeWindow
@@ -137,3 +138,17 @@ class Attempt:
         return attempt_cost(
             provider, self.model_name, usage, self.response.headers, unknown=problem is not None
         )
+
+
+def admit(provider: Provider, model: TimeWindow | None, stats: RequestStats | None) -> int:
+    """A permit from the breaker; a rejection is counted in the request's totals too.
+
+    Raises:
+        CircuitOpenError: the breaker did not admit the attempt.
+    """
+    try:
+        return provider.admit(model)
+    except CircuitOpenError:
+        if stats is not None:
+            stats.add_rejection(provider.name)
+        raise

@@ -1,43 +1,29 @@
-"""One call through :class:`resilience.ResilientTransport`: attempts, retries, delivery.
+"""One call through :class:`resilience.ResilientTransport`: first attempt and delivery.
 
-The first attempt runs directly. Only when it asks for a retry (a retryable
-status or transport error) is a tenacity loop built, which replays that
-first result and runs the remaining attempts. Each attempt passes the
-breaker; a breaker that opens mid-loop ends it with the last real response
-or error. A retried response is recorded at its headers and closed once the
-next attempt is admitted; the final response is recorded when its body ends
-(:mod:`resilience._stream`). When retries run out, the last response or
-exception reaches the caller unchanged.
+The first attempt runs directly and, on the happy path (a plain success
+with its body in memory), is recorded at once without building anything.
+Only when it asks for a retry does :mod:`resilience._loop` take over. The
+final response is recorded when its body ends (:mod:`resilience._stream`),
+or at once when the body is already in memory; an error is raised unchanged.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-import anyio
 import httpx
 
-from resilience._attempt import Attempt, classify
-from resilience._breaker import CLOSED, FORCED_OPEN, OPEN
+from resilience._attempt import Attempt, admit, classify
+from resilience._breaker import CLOSED
 from resilience._clock import AsyncSleep, Sleep
 from resilience._config import RetryPolicy
-from resilience._context import RequestStats
 from resilience._context import _current as _request_stats
-from resilience._errors import CircuitOpenError
 from resilience._inspect import BodyInspector
-from resilience._provider import Provider
+from resilience._loop import retry_async, retry_sync
 from resilience._resolve import Resolver, model_from_body
-from resilience._retry import (
-    RetryBudget,
-    async_retrying,
-    backoff,
-    budget_for,
-    parse_retry_after,
-    sync_retrying,
-)
-from resilience._stale import STALE_ERRORS, AsyncTracer, Tracer
+from resilience._retry import RetryBudget, parse_retry_after
+from resilience._stale import send_watching_async, send_watching_sync
 from resilience._stream import AsyncRecordingStream, SyncRecordingStream
-from resilience._window import REJECTED, TimeWindow
 
 _PLAIN_BODY_START = (b"", b"{", b"[")
 """How a JSON body (or an empty one) starts: one without ``usage`` in it has no cost to find."""
@@ -146,127 +132,27 @@ class Call:
                 attempt.reason = f"status_{status}"
         return attempt
 
-    def attempt_sync(self, send: SyncSend, traced: bool, previous: Attempt) -> Attempt:
-        """Admit, send and classify a retry (sync); a rejection hands ``previous`` back."""
-        try:
-            permit = admit(self.provider, self.model, self.stats)
-        except CircuitOpenError:
-            previous.reason = None  # the breaker ended the loop: the last result goes back
-            return previous
-        attempt = self.attempt(permit, self.provider.clock(), previous.number + 1)
-        try:
-            if previous.response is not None:
-                previous.response.close()  # discarded
-            response = self.send_sync(send, traced)
-        except Exception as exc:
-            return self.failed(attempt, exc)
-        except BaseException:
-            attempt.release()
-            raise
-        return self.responded(attempt, response)
-
-    async def attempt_async(self, send: AsyncSend, traced: bool, previous: Attempt) -> Attempt:
-        """:meth:`attempt_sync` for async transports."""
-        try:
-            permit = admit(self.provider, self.model, self.stats)
-        except CircuitOpenError:
-            previous.reason = None
-            return previous
-        attempt = self.attempt(permit, self.provider.clock(), previous.number + 1)
-        try:
-            if previous.response is not None:
-                await previous.response.aclose()  # discarded
-            response = await self.send_async(send, traced)
-        except Exception as exc:
-            return self.failed(attempt, exc)
-        except BaseException:
-            attempt.release()
-            raise
-        return self.responded(attempt, response)
-
     # -- sending, with the stale-connection resend -----------------------------
 
     def send_sync(self, send: SyncSend, traced: bool) -> httpx.Response:
         """Send once; resend once at once if a stale pooled connection failed it."""
-        request = self.request
         if not traced:
-            return send(request)  # no pool of ours behind it: nothing to tell
-        extensions = request.extensions
-        user = extensions.get("trace")
-        tracer = extensions["trace"] = Tracer(user)
-        try:
-            try:
-                return send(request)
-            except STALE_ERRORS as exc:
-                if not self._may_resend(tracer, exc):
-                    raise
-            tracer.connected = tracer.responded = False
-            return send(request)
-        finally:
-            _restore_trace(extensions, user)
+            return send(self.request)  # no pool of ours behind it: nothing to tell
+        return send_watching_sync(send, self.request, self.may_resend)
 
     async def send_async(self, send: AsyncSend, traced: bool) -> httpx.Response:
         """:meth:`send_sync` for async transports."""
-        request = self.request
         if not traced:
-            return await send(request)
-        extensions = request.extensions
-        user = extensions.get("trace")
-        tracer = extensions["trace"] = AsyncTracer(user)
-        try:
-            try:
-                return await send(request)
-            except STALE_ERRORS as exc:
-                if not self._may_resend(tracer, exc):
-                    raise
-            tracer.connected = tracer.responded = False
-            return await send(request)
-        finally:
-            _restore_trace(extensions, user)
+            return await send(self.request)
+        return await send_watching_async(send, self.request, self.may_resend)
 
-    def _may_resend(self, tracer: Tracer, exc: Exception) -> bool:
-        if self.stale_done or not tracer.stale(exc) or not isinstance(self.request.stream, httpx.ByteStream):
+    def may_resend(self) -> bool:
+        """A stale connection failed the request: resend it (once per call, replayable bodies only)?"""
+        if self.stale_done or not isinstance(self.request.stream, httpx.ByteStream):
             return False
         self.stale_done = True
         self.provider.count_retry("stale_connection")
         return True
-
-    # -- retry decisions (tenacity's retry and wait) ---------------------------
-
-    def wants_retry(self, attempt: Attempt) -> bool:
-        """Whether to retry after ``attempt``; when yes, it is recorded and the retry counted."""
-        retry = self.retry
-        if attempt.reason is None or attempt.number >= retry.attempts:
-            return False
-        request = self.request
-        if not retry.retries_method(request.method) or not isinstance(request.stream, httpx.ByteStream):
-            return False
-        hint = attempt.wait_hint
-        if hint is not None and retry.respect_retry_after and hint > retry.max_retry_after_seconds:  # type: ignore[operator]  # float
-            return False  # too long to wait: the response goes back at once
-        if attempt.response is not None:
-            attempt.headers_at = None
-            attempt.finish(costed=False)  # discarded: recorded at its headers
-        provider = self.provider
-        if provider.state in (OPEN, FORCED_OPEN) or not self._spend():
-            return False
-        provider.count_retry(attempt.reason)
-        return True
-
-    def _spend(self) -> bool:
-        """Take a retry from the provider's budget (shared by the registry's transports)."""
-        provider = self.provider
-        now = provider.clock()
-        provider.fold(now)  # count the pending fast successes too
-        totals = provider.requests_total
-        return budget_for(self.budgets, provider).try_spend(now, sum(totals) - totals[REJECTED])
-
-    def wait(self, attempt: Attempt, number: int) -> float:
-        """Seconds before retry ``number``: ``Retry-After`` when asked, else backoff with jitter."""
-        hint = attempt.wait_hint
-        if hint is not None and self.retry.respect_retry_after:
-            return hint
-        return backoff(self.retry, number)
 
     # -- the whole call --------------------------------------------------------
 
@@ -282,24 +168,7 @@ class Call:
             first = self.responded(self.attempt(self.permit, self.start, 1), response)
         if first.reason is None or self.retry.attempts == 1:
             return self.deliver(first, SyncRecordingStream)
-        last, replayed = first, False
-
-        def attempt() -> Attempt:
-            nonlocal last, replayed
-            if not replayed:  # tenacity judges the first result before any new attempt
-                replayed = True
-                return first
-            last = self.attempt_sync(send, traced, last)
-            return last
-
-        retrying = sync_retrying(self.retry.attempts, retry=self.wants_retry, wait=self.wait, sleep=sleep)
-        try:
-            final: Attempt = retrying(attempt)
-        except BaseException:
-            if last.response is not None:
-                last.response.close()
-            raise
-        return self.deliver(final, SyncRecordingStream)
+        return self.deliver(retry_sync(self, first, send, traced, sleep), SyncRecordingStream)
 
     async def run_async(self, send: AsyncSend, traced: bool, sleep: AsyncSleep) -> httpx.Response:
         """:meth:`run_sync` for async transports (the transport inlines this for untraced ones)."""
@@ -326,25 +195,7 @@ class Call:
         """After a first attempt that was not a plain success: deliver it, or retry."""
         if first.reason is None or self.retry.attempts == 1:
             return self.deliver(first, AsyncRecordingStream)
-        last, replayed = first, False
-
-        async def attempt() -> Attempt:
-            nonlocal last, replayed
-            if not replayed:
-                replayed = True
-                return first
-            last = await self.attempt_async(send, traced, last)
-            return last
-
-        retrying = async_retrying(self.retry.attempts, retry=self.wants_retry, wait=self.wait, sleep=sleep)
-        try:
-            final: Attempt = await retrying(attempt)
-        except BaseException:
-            if last.response is not None:
-                with anyio.CancelScope(shield=True):
-                    await last.response.aclose()
-            raise
-        return self.deliver(final, AsyncRecordingStream)
+        return self.deliver(await retry_async(self, first, send, traced, sleep), AsyncRecordingStream)
 
     def deliver(
         self, attempt: Attempt, wrap: type[SyncRecordingStream] | type[AsyncRecordingStream]
@@ -364,21 +215,4 @@ class Call:
             attempt.inspector = BodyInspector.for_headers(response.headers)
             response.stream = wrap(stream, attempt, self.request)  # type: ignore[arg-type]  # matching side
         return response
-
-
-def admit(provider: Provider, model: TimeWindow | None, stats: RequestStats | None) -> int:
-    """A permit from the breaker; a rejection is counted in the request's totals too."""
-    try:
-        return provider.admit(model)
-    except CircuitOpenError:
-        if stats is not None:
-            stats.add_rejection(provider.name)
-        raise
-
-
-def _restore_trace(extensions: dict[str, object], user: object) -> None:
-    if user is None:
-        extensions.pop("trace", None)
-    else:
-        extensions["trace"] = user
 

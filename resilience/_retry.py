@@ -18,7 +18,7 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from datetime import UTC
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import tenacity
 
@@ -28,8 +28,6 @@ from resilience._config import RetryPolicy
 
 if TYPE_CHECKING:
     from resilience._provider import Provider
-
-T = TypeVar("T")
 
 BUDGET_BUCKETS = 10
 
@@ -124,8 +122,8 @@ class RetryBudget:
 def sync_retrying(
     attempts: int,
     *,
-    retry: Callable[[T], bool],
-    wait: Callable[[T, int], float],
+    retry: Callable[[Any], bool],
+    wait: Callable[[Any, int], float],
     sleep: Sleep,
 ) -> tenacity.Retrying:
     """A tenacity loop over attempt results: ``retry(result)`` asks again, ``wait(result, n)`` paces it."""
@@ -135,8 +133,8 @@ def sync_retrying(
 def async_retrying(
     attempts: int,
     *,
-    retry: Callable[[T], bool],
-    wait: Callable[[T, int], float],
+    retry: Callable[[Any], bool],
+    wait: Callable[[Any, int], float],
     sleep: AsyncSleep,
 ) -> tenacity.AsyncRetrying:
     """:func:`sync_retrying` for coroutines."""

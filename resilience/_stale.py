@@ -69,3 +69,52 @@ class AsyncTracer(Tracer):
 def traceable(transport: object) -> bool:
     """Whether ``transport`` runs on httpcore, so reuse of a connection can be seen."""
     return isinstance(transport, httpx.HTTPTransport | httpx.AsyncHTTPTransport)
+
+
+def send_watching_sync(
+    send: Callable[[httpx.Request], httpx.Response],
+    request: httpx.Request,
+    may_resend: Callable[[], bool],
+) -> httpx.Response:
+    """Send with a tracer; if a stale pooled connection failed it and ``may_resend()``, send again."""
+    extensions = request.extensions
+    user = extensions.get("trace")
+    tracer = extensions["trace"] = Tracer(user)
+    try:
+        try:
+            return send(request)
+        except STALE_ERRORS as exc:
+            if not (tracer.stale(exc) and may_resend()):
+                raise
+        tracer.connected = tracer.responded = False
+        return send(request)
+    finally:
+        _restore(extensions, user)
+
+
+async def send_watching_async(
+    send: Callable[[httpx.Request], Awaitable[httpx.Response]],
+    request: httpx.Request,
+    may_resend: Callable[[], bool],
+) -> httpx.Response:
+    """:func:`send_watching_sync` for async transports."""
+    extensions = request.extensions
+    user = extensions.get("trace")
+    tracer = extensions["trace"] = AsyncTracer(user)
+    try:
+        try:
+            return await send(request)
+        except STALE_ERRORS as exc:
+            if not (tracer.stale(exc) and may_resend()):
+                raise
+        tracer.connected = tracer.responded = False
+        return await send(request)
+    finally:
+        _restore(extensions, user)
+
+
+def _restore(extensions: dict[str, Any], user: object) -> None:
+    if user is None:
+        extensions.pop("trace", None)
+    else:
+        extensions["trace"] = user
