@@ -474,3 +474,73 @@ async def test_streamed_responses_under_concurrency() -> None:
             for _ in range(200):
                 tg.start_soon(one)
     assert registry.get("openrouter").snapshot().requests_total["success"] == 200
+
+
+# -- stale pooled connections (the trace events httpcore sends, played by hand) ---------------
+
+
+class Pooled(httpx.HTTPTransport):
+    """An httpx transport whose pool is scripted: each send plays trace events, then answers or fails."""
+
+    def __init__(self, *script: tuple[list[str], Exception | None]) -> None:
+        super().__init__()
+        self.script = list(script)
+        self.sent = 0
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        events, error = self.script[min(self.sent, len(self.script) - 1)]
+        self.sent += 1
+        trace = request.extensions.get("trace")
+        for event in events:
+            if trace is not None:
+                trace(event, {})
+        if error is not None:
+            raise error
+        return httpx.Response(200)
+
+
+REUSED = ["http11.send_request_headers.started", "http11.receive_response_headers.started"]
+FRESH = ["connection.connect_tcp.started", "connection.connect_tcp.complete", *REUSED]
+DISCONNECTED = httpx.RemoteProtocolError("Server disconnected without sending a response.")
+
+
+@pytest.mark.parametrize(
+    ("first", "sent", "outcomes", "retries"),
+    [
+        pytest.param((REUSED, DISCONNECTED), 2, {"success": 1}, {"stale_connection": 1}, id="reused-resent"),
+        pytest.param((FRESH, DISCONNECTED), 1, {"failure": 1}, {}, id="fresh-is-a-failure"),
+        pytest.param(
+            ([*REUSED, "http11.receive_response_headers.complete"], httpx.ReadError("reset")),
+            1, {"failure": 1}, {}, id="after-headers-is-a-failure",
+        ),
+    ],
+)
+def test_stale_connection_resent_once_and_not_recorded(
+    first: tuple[list[str], Exception], sent: int, outcomes: dict[str, int], retries: dict[str, int]
+) -> None:
+    """Only a reused connection failing before any response byte is resent, at once, unrecorded."""
+    pooled = Pooled(first, (FRESH, None))
+    registry = ProviderRegistry(Policy(retry=RetryPolicy(attempts=1)), clock=FakeClock())
+    client = httpx.Client(transport=ResilientTransport(registry, pooled))
+    if "failure" in outcomes:
+        with pytest.raises(type(first[1])):
+            client.post("https://openrouter.ai/v1", json={"model": "m"})
+    else:
+        assert client.post("https://openrouter.ai/v1", json={"model": "m"}).status_code == 200
+    snap = registry.get("openrouter.ai").snapshot()
+    assert pooled.sent == sent
+    assert {k: v for k, v in snap.requests_total.items() if v} == outcomes
+    assert snap.retries_total == retries
+
+
+def test_stale_resend_happens_once_and_keeps_the_callers_trace() -> None:
+    """Two stale failures in a row: one resend only; a trace extension of the caller still hears all."""
+    pooled = Pooled((REUSED, DISCONNECTED))
+    heard: list[str] = []
+    registry = ProviderRegistry(Policy(retry=RetryPolicy(attempts=1)), clock=FakeClock())
+    client = httpx.Client(transport=ResilientTransport(registry, pooled))
+    with pytest.raises(httpx.RemoteProtocolError):
+        client.get("https://openrouter.ai/v1", extensions={"trace": lambda name, info: heard.append(name)})
+    assert pooled.sent == 2
+    assert heard == REUSED * 2
+    assert registry.get("openrouter.ai").snapshot().requests_total["failure"] == 1
