@@ -180,23 +180,21 @@ def attempt_cost(
     one anyway (a header, say).
     """
     extractor = provider.policy.cost or usage_cost
-    input_tokens, output_tokens = usage_tokens(usage)
+    tokens = usage_tokens(usage)
     try:
         cost = extractor(model, usage, headers)
     except CostParseError as exc:
         log.debug("cost of an attempt to %s is unknown: %s", provider.name, exc)
         provider.count_error("cost_parse")
-        return CostResult(None, True, input_tokens, output_tokens)
+        return CostResult(None, True, *tokens)
     except Exception:
         log.exception("cost extractor %r failed for provider %s", extractor, provider.name)
         provider.count_error("cost_extractor")
-        return CostResult(None, True, input_tokens, output_tokens)
-    if cost is not None and (isinstance(cost, bool) or not isinstance(cost, int | float)):
+        return CostResult(None, True, *tokens)
+    if cost is None:
+        return NO_COST if not (unknown or any(tokens)) else CostResult(None, unknown, *tokens)
+    if isinstance(cost, bool) or not isinstance(cost, int | float):
         log.error("cost extractor %r returned %r, not a number", extractor, cost)
         provider.count_error("cost_extractor")
-        return CostResult(None, True, input_tokens, output_tokens)
-    if cost is None:
-        if not (unknown or input_tokens or output_tokens):
-            return NO_COST
-        return CostResult(None, unknown, input_tokens, output_tokens)
-    return CostResult(float(cost), False, input_tokens, output_tokens)
+        return CostResult(None, True, *tokens)
+    return CostResult(float(cost), False, *tokens)

@@ -342,3 +342,23 @@ def test_streamed_sse_cost_recorded_when_the_stream_ends() -> None:
     with http.stream("POST", URL, json={"model": "m"}) as response:
         assert b"".join(response.iter_raw()) == body
         assert registry.get("openrouter").cost_total == pytest.approx(0.004)
+
+
+@pytest.mark.parametrize(
+    ("returned", "error"),
+    [
+        pytest.param("0.1", "cost_extractor", id="string"),
+        pytest.param(float("nan"), "invalid_cost", id="nan"),
+        pytest.param(-1.0, "invalid_cost", id="negative"),
+    ],
+)
+def test_user_extractor_returning_garbage_is_unknown(returned: object, error: str) -> None:
+    """A cost that is not a finite number >= 0 is counted and recorded as unknown, never raised."""
+    http, registry = client(
+        Policy(cost=lambda model, usage, headers: returned),  # type: ignore[arg-type,return-value]
+        handler=lambda request: httpx.Response(200),
+    )
+    assert http.get(URL).status_code == 200
+    provider = registry.get("openrouter")
+    assert provider.errors == {error: 1}
+    assert (provider.snapshot().window.unknown_cost, provider.cost_total) == (1, 0.0)
