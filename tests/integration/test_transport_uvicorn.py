@@ -273,7 +273,8 @@ def dropping_server() -> Iterator[str]:
 def test_a_fresh_connection_dropped_is_a_failure(dropping_server: str) -> None:
     """Disconnected without a response on a NEW connection: the provider's fault, recorded."""
     transport, registry, _ = transport_for(Policy(retry=RetryPolicy(attempts=1)))
-    with httpx.Client(transport=transport) as client, pytest.raises(httpx.RemoteProtocolError):
+    # a close with the request unread may reach the client as a reset instead of an EOF
+    with httpx.Client(transport=transport) as client, pytest.raises((httpx.RemoteProtocolError, httpx.ReadError)):
         client.post(dropping_server + "/", json={"model": "m"})
     snap = registry.get("127.0.0.1").snapshot()
     assert snap.requests_total["failure"] == 1
