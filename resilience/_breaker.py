@@ -12,7 +12,11 @@ result from before a transition never counts in the window after it.
 
 The breaker shares its owner's lock (methods ending in ``_locked`` expect it
 held) and never holds it across the guarded call. Listeners hear state
-changes through :meth:`Breaker.notify`, called after the lock is released.
+changes through :meth:`Breaker.notify`, called after the lock is released;
+so do :attr:`Breaker.transition_hooks`, plain callables the library's own
+integrations use (:mod:`resilience.shared_state` publishes transitions to
+other replicas through one, and brings theirs in with
+:meth:`Breaker.apply_remote_locked`).
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
-from typing import Any, Final
+from collections.abc import Callable
+from typing import Any, Final, TypeAlias
 
 from resilience._clock import Clock
 from resilience._config import BreakerPolicy
@@ -45,6 +50,10 @@ STATES: Final = (CLOSED, OPEN, HALF_OPEN, FORCED_OPEN, DISABLED)
 
 HALF_OPEN_RETRY_AFTER = 1.0
 """``retry_after`` of a call rejected because the half-open trial slots are taken."""
+
+
+TransitionHook: TypeAlias = Callable[["Breaker", str, str], None]
+"""``hook(breaker, old_state, new_state)``, called by :meth:`Breaker.notify` without the lock."""
 
 
 class StateView:
@@ -107,6 +116,9 @@ class Breaker:
         self.transitions: dict[tuple[str, str], int] = {}
         self.history: deque[tuple[float, str]] = deque([(clock(), CLOSED)], maxlen=128)
         self.listener_errors = 0
+        self.transition_hooks: list[TransitionHook] = []
+        self.trial_limit: int | None = None
+        """Half-open trial slots in place of ``policy.half_open_max_calls`` (``None``: the policy's)."""
 
     # -- reading -------------------------------------------------------------
 
@@ -120,6 +132,11 @@ class Breaker:
         return self._state
 
     current_state = state  # pybreaker's spelling
+
+    @property
+    def generation(self) -> int:
+        """How many transitions the breaker has made (same-state resets included)."""
+        return self._generation
 
     @property
     def window(self) -> TimeWindow | CountWindow:
@@ -154,7 +171,8 @@ class Breaker:
         state = self._state
         if state is CLOSED or state is DISABLED:
             return self.permit
-        if state is HALF_OPEN and self._trial_in_flight < self.policy.half_open_max_calls:
+        limit = self.policy.half_open_max_calls if self.trial_limit is None else self.trial_limit
+        if state is HALF_OPEN and self._trial_in_flight < limit:
             self._trial_in_flight += 1
             return self.permit | 1
         return None
@@ -272,6 +290,31 @@ class Breaker:
         self._trips = 0
         self._transition_locked(CLOSED, now)
 
+    def apply_remote_locked(self, state: str, open_until: float, now: float) -> None:
+        """Take a state another replica published, as a transition of this breaker.
+
+        ``open_until`` (on this breaker's clock) matters for ``open`` only; an
+        ``open`` breaker taking ``open`` again just takes the new time. A remote
+        ``open`` counts as a trip for the open-time back-off, a remote ``closed``
+        resets it. Listeners and hooks hear the transition like any other.
+
+        Raises:
+            ValueError: ``state`` is not one of :data:`STATES`.
+        """
+        if state not in STATES:
+            raise ValueError(f"state must be one of {STATES}, got {state!r}")
+        state = STATES[STATES.index(state)]  # the interned constant: states are compared with `is`
+        if state is OPEN:
+            if self._state is not OPEN:
+                self._trips += 1
+                self._transition_locked(OPEN, now)
+            self._open_until = open_until
+            return
+        if state is CLOSED:
+            self._trips = 0
+        if state is not self._state:
+            self._transition_locked(state, now)
+
     # -- listeners -----------------------------------------------------------
 
     def notify(self) -> None:
@@ -284,6 +327,8 @@ class Breaker:
                 return
             for listener in self.policy.listeners:
                 self._call_listener(listener, old, new)
+            for hook in self.transition_hooks:
+                self._call_hook(hook, old, new)
 
     def _call_listener(self, listener: Any, old: str, new: str) -> None:
         try:
@@ -291,3 +336,10 @@ class Breaker:
         except Exception:
             self.listener_errors += 1
             log.exception("breaker listener %r failed on %s -> %s", listener, old, new)
+
+    def _call_hook(self, hook: TransitionHook, old: str, new: str) -> None:
+        try:
+            hook(self, old, new)
+        except Exception:
+            self.listener_errors += 1
+            log.exception("breaker transition hook %r failed on %s -> %s", hook, old, new)
