@@ -22,6 +22,7 @@ Nothing is persisted: ``--save ''``, ``--appendonly no``, a temporary ``--dir``.
 from __future__ import annotations
 
 import contextlib
+import os
 import select
 import socket
 import subprocess
@@ -75,14 +76,17 @@ class RedisServer:
 
     def _wait_ready(self, process: subprocess.Popen[bytes]) -> None:
         assert process.stdout is not None
+        # raw reads of the descriptor: a buffered readline() can swallow the "Ready" line into
+        # Python's buffer, where select() never sees it (a start then waited the whole deadline)
+        fd = process.stdout.fileno()
         deadline, seen = time.monotonic() + BOOT_SECONDS, b""
         while time.monotonic() < deadline:
-            ready, _, _ = select.select([process.stdout], [], [], deadline - time.monotonic())
-            line = process.stdout.readline() if ready else b""
-            seen += line
-            if b"Ready to accept connections" in line:
+            ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+            chunk = os.read(fd, 65536) if ready else b""
+            seen += chunk
+            if b"Ready to accept connections" in seen:
                 return
-            if not line and process.poll() is not None:
+            if not chunk and process.poll() is not None:
                 break
         self.stop()
         raise RuntimeError(f"redis-server did not start on port {self.port}: {seen.decode(errors='replace')}")
