@@ -25,6 +25,7 @@ from resilience.dashboard import dashboard_router
 from resilience.metrics import ResilienceCollector
 from resilience.middleware import ResilienceMiddleware
 from resilience.probe import HttpProbe, ProbeRunner, ProbeSnapshot, probes
+from resilience.shared_state import SharedBreakerState
 from resilience.transport import ResilientTransport
 
 __version__ = "0.1.0"
@@ -55,6 +56,7 @@ __all__ = [
     "ResilienceMiddleware",
     "ResilientTransport",
     "RetryPolicy",
+    "SharedBreakerState",
     "StreamTimeoutError",
     "Summary",
     "UnknownProviderError",

@@ -12,7 +12,9 @@ places, latencies (milliseconds) to 2, USD to 6. ``calls`` counts attempts
 that reached the provider (rejections are not calls); ``failures`` those that
 failed or were throttled; a model's ``successes`` is ``calls - failures``
 (client errors included: the provider answered). Latencies are ``null`` with
-no data. A provider with an active probe also has a ``"probe"`` object.
+no data. A provider with an active probe also has a ``"probe"`` object; a
+registry whose breakers are shared across replicas
+(:class:`resilience.SharedBreakerState`) adds a top-level ``"shared_state"`` object.
 """
 
 from __future__ import annotations
@@ -124,7 +126,7 @@ def health_payload(registry: ProviderRegistry) -> dict[str, Any]:
     """The body of ``GET /health/dashboard``."""
     snapshot = registry.snapshot()
     summary = snapshot.summary
-    return {
+    payload: dict[str, Any] = {
         "timestamp": timestamp(snapshot.timestamp),
         "providers": [_provider(p, registry) for p in snapshot.providers],
         "summary": {
@@ -135,6 +137,10 @@ def health_payload(registry: ProviderRegistry) -> dict[str, Any]:
             "open_breakers": summary.open_breakers,
         },
     }
+    shared = registry.extensions.get("shared_state")  # a resilience.SharedBreakerState, if any
+    if shared is not None:
+        payload["shared_state"] = shared.status()
+    return payload
 
 
 def _provider(snap: ProviderSnapshot, registry: ProviderRegistry) -> dict[str, Any]:
