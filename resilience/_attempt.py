@@ -79,6 +79,12 @@ class Attempt:
             self.done = True
             self.provider.release(self.permit)
 
+    def abandon(self) -> None:
+        """The response was dropped unfinished and is being collected: free the permit, lock-free."""
+        if not self.done:
+            self.done = True
+            self.provider.orphan(self.permit)
+
     def finish(self, *, failed: bool = False, complete: bool = True, costed: bool = True) -> None:
         """Record the attempt once: outcome (``failure`` when ``failed``), duration, cost."""
         if self.done:

@@ -69,6 +69,7 @@ class Provider:
         self._models: dict[str, TimeWindow] = {}
         self._pending: deque[float] = deque()
         self._model_pending: dict[TimeWindow, deque[float]] = {}
+        self._orphans: deque[int] = deque()
         self._fold_width = min(self.stats.bucket_seconds, _decision_bucket(self.breaker))
         self._fold_at = -math.inf
         self._slow_s = float(policy.breaker.slow_call_seconds)  # type: ignore[arg-type]
@@ -173,6 +174,9 @@ class Provider:
             return breaker.permit
         now = self.clock()
         with self._lock:
+            orphans = self._orphans
+            while orphans:
+                breaker.release_locked(orphans.popleft())
             permit = breaker.try_acquire_locked(now)
             if permit is None:
                 self.stats.record(now, REJECTED)
@@ -184,6 +188,15 @@ class Provider:
         if permit is None:
             raise CircuitOpenError(self.name, retry_after, state)
         return permit
+
+    def orphan(self, permit: int) -> None:
+        """Give back, lock-free, the permit of a call abandoned unfinished (from ``__del__``).
+
+        Taken back the next time a permit is asked for: a garbage-collected
+        stream must never take a lock (it may be collected while its thread
+        holds it), and must never hold a half-open trial slot forever.
+        """
+        self._orphans.append(permit)
 
     def release(self, permit: int) -> None:
         """Give back a permit whose call ended without a result (cancelled)."""

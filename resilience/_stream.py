@@ -97,6 +97,10 @@ class SyncRecordingStream(httpx.SyncByteStream):
             raise self._timeouts.breach(self._attempt, first, limit)
         return chunk
 
+    def __del__(self) -> None:
+        # never closed nor read to the end: give a half-open trial slot back
+        self._attempt.abandon()
+
     def close(self) -> None:
         """Record the attempt if the body did not end, then close the inner stream."""
         try:
@@ -153,6 +157,10 @@ class AsyncRecordingStream(httpx.AsyncByteStream):
         if scope.cancelled_caught or clock() - started > limit:
             raise self._timeouts.breach(self._attempt, first, limit)
         return chunk
+
+    def __del__(self) -> None:
+        # never closed nor read to the end: give a half-open trial slot back
+        self._attempt.abandon()
 
     async def aclose(self) -> None:
         """Record the attempt if the body did not end, then close the inner stream."""

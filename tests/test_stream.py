@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import inspect
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -12,6 +13,7 @@ import pytest
 
 from resilience import (
     BreakerPolicy,
+    CircuitOpenError,
     Policy,
     ProviderRegistry,
     ResilientTransport,
@@ -236,4 +238,30 @@ async def test_cancelled_stream_frees_the_half_open_slot() -> None:
         body.before = None
         assert (await client.get(URL)).status_code == 200
     assert totals(registry) == {"success": 1}
+    assert provider.state == "closed"
+
+
+
+class _OneEvent(httpx.SyncByteStream):
+    """A streamed body of one SSE event."""
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield b"data: 1\n\n"
+
+
+def test_abandoned_stream_gives_its_half_open_slot_back() -> None:
+    """A streamed trial response dropped without close() frees its slot once collected."""
+    clock = FakeClock()
+    registry = ProviderRegistry(Policy(breaker=BreakerPolicy(minimum_calls=1, open_seconds=5)), clock=clock)
+    provider = registry.register("p", hosts=["p.test"])
+    provider.record(provider.admit(), "failure", 0.1)
+    clock.advance(5)
+    upstream = httpx.MockTransport(lambda request: httpx.Response(200, stream=_OneEvent()))
+    with httpx.Client(transport=ResilientTransport(registry, transport=upstream)) as client:
+        response = client.send(client.build_request("GET", "https://p.test/stream"), stream=True)
+        with pytest.raises(CircuitOpenError):
+            client.get("https://p.test/other")  # the one trial slot is taken
+        del response
+        gc.collect()
+        assert client.get("https://p.test/again").status_code == 200
     assert provider.state == "closed"
