@@ -31,8 +31,8 @@ log = logging.getLogger("resilience")
 
 SYNC_SCRIPT = """
 -- KEYS[1]: the provider's state hash {state, open_until, version, origin, updated, lease_seq}
--- KEYS[2]: its half-open trial leases, a sorted set of '<replica>|<n>' scored by expiry
--- ARGV: kind, expected_version, state, open_until, replica, now, want, max_trials, lease_until, lease_ms
+-- KEYS[2]: its half-open trial leases, a sorted set of '<replica>|<n>' scored by expiry (server time)
+-- ARGV: kind, expected_version, state, open_until, replica, now, want, max_trials, lease_seconds
 local kind, expected = ARGV[1], tonumber(ARGV[2])
 local cur = redis.call('HMGET', KEYS[1], 'state', 'open_until', 'version')
 local state, open_until, version = cur[1], cur[2], tonumber(cur[3]) or 0
@@ -58,7 +58,9 @@ if apply then
              'origin', ARGV[5], 'updated', ARGV[6])
 end
 local want, max_trials = tonumber(ARGV[7]), tonumber(ARGV[8])
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[6])
+local time = redis.call('TIME')  -- leases run on the server's clock: replicas' clocks may differ
+local server_now = tonumber(time[1]) + tonumber(time[2]) / 1000000
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', server_now)
 if state ~= 'half_open' then want = 0 end
 local prefix = ARGV[5] .. '|'
 local mine = {}
@@ -71,8 +73,9 @@ while #mine < want and free > 0 do
   mine[#mine + 1] = prefix .. redis.call('HINCRBY', KEYS[1], 'lease_seq', 1)
   free = free - 1
 end
-for _, member in ipairs(mine) do redis.call('ZADD', KEYS[2], ARGV[9], member) end
-if #mine > 0 then redis.call('PEXPIRE', KEYS[2], ARGV[10]) end
+local lease_until = server_now + tonumber(ARGV[9])
+for _, member in ipairs(mine) do redis.call('ZADD', KEYS[2], lease_until, member) end
+if #mine > 0 then redis.call('PEXPIRE', KEYS[2], math.ceil(tonumber(ARGV[9]) * 1000)) end
 return {applied, version, state, open_until or '', #mine}
 """
 """Publish (compare-and-set with the rules above), read back, and lease trial slots, atomically."""

@@ -247,7 +247,7 @@ class SharedBreakerState:
         return (
             plan.kind, sync.seen_version, plan.state, repr(plan.open_until), self.replica_id,
             repr(wall_now), plan.want, sync.provider.policy.breaker.half_open_max_calls,
-            repr(wall_now + self.lease_seconds), int(self.lease_seconds * 1000),
+            repr(self.lease_seconds),
         )
 
     def _unavailable(self, exc: Exception) -> None:

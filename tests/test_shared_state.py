@@ -327,6 +327,43 @@ async def test_an_idle_replica_gives_its_lease_back(
 
 @uses_redis
 @pytest.mark.anyio
+async def test_the_lease_of_a_replica_that_died_runs_out(
+    server: RedisServer, clock: FakeClock, prefix: str
+) -> None:
+    """A holds the one trial slot and stops syncing: B gets it once the lease has run out (server time)."""
+    registries = [ProviderRegistry(policy(), clock=clock) for _ in range(2)]
+    a, b = (registry.register(NAME) for registry in registries)
+    shared_a, shared_b = (
+        resilience.SharedBreakerState(
+            server.url, registry=registry, key_prefix=prefix, refresh_seconds=0.05, lease_seconds=0.3,
+            wall_clock=lambda: EPOCH + clock(),
+        )
+        for registry in registries
+    )
+    try:
+        trip(a)
+        await sync(shared_a, shared_b)
+        clock.advance(30)
+        rejected(a)
+        await sync(shared_a)
+        assert a.breaker.trial_limit == 1
+        rejected(b)
+        await sync(shared_b)
+        assert b.breaker.trial_limit == 0  # A's lease is live
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 5.0
+        while b.breaker.trial_limit == 0:
+            assert loop.time() < deadline, "the dead replica's lease never ran out"
+            await asyncio.sleep(0.01)
+            await sync(shared_b)
+        assert b.breaker.trial_limit == 1
+    finally:
+        await shared_a.stop()
+        await shared_b.stop()
+
+
+@uses_redis
+@pytest.mark.anyio
 async def test_a_failed_trial_reopens_every_replica(
     server: RedisServer, clock: FakeClock, prefix: str
 ) -> None:
