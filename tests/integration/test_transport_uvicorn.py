@@ -274,7 +274,8 @@ def test_a_fresh_connection_dropped_is_a_failure(dropping_server: str) -> None:
     """Disconnected without a response on a NEW connection: the provider's fault, recorded."""
     transport, registry, _ = transport_for(Policy(retry=RetryPolicy(attempts=1)))
     # a close with the request unread may reach the client as a reset instead of an EOF
-    with httpx.Client(transport=transport) as client, pytest.raises((httpx.RemoteProtocolError, httpx.ReadError)):
+    dropped = (httpx.RemoteProtocolError, httpx.ReadError)
+    with httpx.Client(transport=transport) as client, pytest.raises(dropped):
         client.post(dropping_server + "/", json={"model": "m"})
     snap = registry.get("127.0.0.1").snapshot()
     assert snap.requests_total["failure"] == 1
