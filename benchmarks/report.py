@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
+import resource
 import subprocess
 import sys
 import tempfile
+import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -28,16 +31,41 @@ ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "benchmarks.md"
 PROSE = re.compile(r"<!-- prose (?P<key>[\w-]+) -->\n(?P<body>.*?)<!-- /prose -->\n?", re.S)
 PER = re.compile(r"\((?P<n>[\d,]+) (?:calls|requests|records)\)")
+NOISY = 0.1
+"""Cores used by other processes during the run above which the report warns."""
 Entry = dict[str, Any]
 
 
-def run_benchmarks(json_path: Path) -> None:
-    """``pytest benchmarks --benchmark-only`` into ``json_path``; exits on failure."""
+def run_benchmarks(json_path: Path) -> float | None:
+    """``pytest benchmarks --benchmark-only`` into ``json_path``; exits on failure.
+
+    Returns:
+        The CPU that *other* processes used meanwhile, in cores on average
+        (from /proc/stat less this run's own CPU time), or ``None`` off Linux.
+    """
     command = [sys.executable, "-m", "pytest", "benchmarks", "--benchmark-only", "-p", "no:randomly", "-q",
                f"--benchmark-json={json_path}"]
+    before = _cpu_times()
     result = subprocess.run(command, cwd=ROOT, check=False)
+    after = _cpu_times()
     if result.returncode != 0:
         sys.exit(f"benchmarks failed (exit {result.returncode}); {OUT.relative_to(ROOT)} left as it was")
+    if before is None or after is None:
+        return None
+    busy, ours, wall = (b - a for a, b in zip(before, after, strict=True))
+    return max(busy - ours, 0.0) / wall if wall > 0 else None
+
+
+def _cpu_times() -> tuple[float, float, float] | None:
+    """Busy CPU seconds of the whole machine, CPU seconds of finished children, and wall time."""
+    try:
+        fields = [float(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    tick = os.sysconf("SC_CLK_TCK")
+    busy = (sum(fields[:8]) - fields[3] - fields[4]) / tick  # all but idle and iowait
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return busy, children.ru_utime + children.ru_stime, time.monotonic()
 
 
 def fmt_time(seconds: float) -> str:
@@ -147,8 +175,8 @@ def measure(groups: dict[str, list[Entry]], goal: Goal) -> float | None:
     return float(ours["stats"]["min"] / other["stats"]["min"])
 
 
-def machine(data: dict[str, Any]) -> str:
-    """Cores, CPU model, Python and OS of the run; when and at which commit."""
+def machine(data: dict[str, Any], others: float | None = None) -> str:
+    """Cores, CPU model, Python and OS of the run; when, at which commit, and how busy the machine was."""
     info = data["machine_info"]
     cpu = info.get("cpu", {})
     cores = cpu.get("count") or "?"
@@ -159,7 +187,9 @@ def machine(data: dict[str, Any]) -> str:
     return (f"**Machine:** {cores} cores, {model}, {info['python_implementation']} {info['python_version']}, "
             f"{info['system']} {info['release']}. **Run:** {data['datetime'][:16].replace('T', ' ')} UTC at "
             f"commit `{str(commit.get('id', '?'))[:7]}`{dirty}, pytest-benchmark {data['version']}. "
-            f"**Peers:** {versions}.")
+            f"**Peers:** {versions}." + (
+                f" Other processes used {others:.2f} cores on average during the run." if others is not None
+                else ""))
 
 
 def _proc_cpu_model() -> str:
@@ -178,8 +208,8 @@ def _version(name: str) -> str:
         return "(not installed)"
 
 
-def render(data: dict[str, Any], prose: dict[str, str]) -> str:
-    """The whole page."""
+def render(data: dict[str, Any], prose: dict[str, str], others: float | None = None) -> str:
+    """The whole page (``others``: CPU other processes used during the run, in cores)."""
     groups = by_group(data)
     out = [
         "# Benchmarks", "",
@@ -188,7 +218,7 @@ def render(data: dict[str, Any], prose: dict[str, str]) -> str:
         "Measured, not claimed: every ratio is against a baseline run in the **same process, same run**",
         "(pytest-benchmark groups), on the machine noted. Times are per operation: the minimum over all",
         "rounds of a benchmark, then the median. Reproduce with `make bench`.", "",
-        machine(data), "", "## Goals", "", *goal_rows(groups), "",
+        machine(data, others), "", "## Goals", "", *goal_rows(groups), "",
     ]
     shown: set[str] = set()
     for section in SECTIONS:
@@ -228,18 +258,25 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path, help="a pytest-benchmark JSON to report instead of running")
     parser.add_argument("--out", type=Path, default=OUT, help="the page to rewrite (docs/benchmarks.md)")
+    parser.add_argument("--save", type=Path, help="also keep the run's pytest-benchmark JSON here")
     args = parser.parse_args(argv)
+    others = None
     if args.json is None:
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "benchmarks.json"
-            run_benchmarks(path)
+            others = run_benchmarks(path)
             data = json.loads(path.read_text())
+            if args.save:
+                args.save.write_text(path.read_text())
     else:
         data = json.loads(args.json.read_text())
     old = args.out.read_text(encoding="utf-8") if args.out.exists() else ""
     prose = {m["key"]: m["body"] for m in PROSE.finditer(old)}
-    args.out.write_text(render(data, prose), encoding="utf-8")
+    args.out.write_text(render(data, prose, others), encoding="utf-8")
     print(f"wrote {args.out} ({len(data['benchmarks'])} benchmarks, {len(prose)} prose blocks kept)")
+    if others is not None and others > NOISY:
+        print(f"note: other processes used {others:.2f} cores during the run; numbers may be noisy, re-run "
+              "when the machine is quiet")
     return 0
 
 
