@@ -52,7 +52,10 @@ def usage_cost(
         return None
     if isinstance(cost, bool) or not isinstance(cost, int | float):
         raise CostParseError(f"usage.cost is not a number: {cost!r}")
-    return float(cost)
+    try:
+        return float(cost)
+    except OverflowError:  # an integer too large for a float
+        raise CostParseError(f"usage.cost is out of range: {cost!r}") from None
 
 
 def usage_tokens(usage: Mapping[str, Any] | None) -> tuple[int, int]:
@@ -197,4 +200,8 @@ def attempt_cost(
         log.error("cost extractor %r returned %r, not a number", extractor, cost)
         provider.count_error("cost_extractor")
         return CostResult(None, True, *tokens)
-    return CostResult(float(cost), False, *tokens)
+    try:
+        usd = float(cost)
+    except OverflowError:  # an integer too large for a float: rejected as invalid_cost when recorded
+        usd = math.inf
+    return CostResult(usd, False, *tokens)

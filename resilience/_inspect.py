@@ -122,7 +122,7 @@ class BodyInspector:
             return
         try:
             event = json.loads(line[5:])
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested too deep to parse
             self._malformed = True
             return
         if not isinstance(event, dict):
@@ -159,7 +159,7 @@ def json_usage(body: bytes) -> tuple[Mapping[str, Any] | None, str | None]:
         return None, None
     try:
         data = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested too deep to parse
         return None, MALFORMED
     usage = data.get("usage") if isinstance(data, dict) else None
     return (usage, None) if isinstance(usage, dict) else (None, None)

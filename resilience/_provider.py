@@ -32,8 +32,26 @@ OTHER = "other"
 """The label that overflowing provider and model names fold into."""
 
 MAX_LABEL_LENGTH = 128
+MAX_ATTEMPT_COST_USD = 1_000_000.0
+"""Largest cost one attempt may record; more (like a negative or NaN cost) is ``invalid_cost``."""
+
 _LE = (*DURATION_BUCKETS, math.inf)
 FOLD_BATCH = 4096
+
+
+def encodable(name: str) -> str:
+    """``name`` with what UTF-8 cannot encode (lone surrogates, e.g. from a JSON ``"\\ud800"``) escaped.
+
+    Label values go out as UTF-8 (Prometheus, the dashboard's JSON): one that
+    cannot be encoded would fail every scrape from then on.
+    """
+    if name.isascii():
+        return name
+    try:
+        name.encode()
+    except UnicodeEncodeError:
+        return name.encode("utf-8", "backslashreplace").decode()
+    return name
 
 
 class Provider:
@@ -136,7 +154,7 @@ class Provider:
         return self._new_model_window(model)
 
     def _new_model_window(self, model: str) -> TimeWindow:
-        key = model if len(model) <= MAX_LABEL_LENGTH else model[:MAX_LABEL_LENGTH]
+        key = encodable(model[:MAX_LABEL_LENGTH])[:MAX_LABEL_LENGTH]
         with self._lock:
             window = self._models.get(key)
             if window is None:
@@ -246,7 +264,7 @@ class Provider:
         if now is None:
             now = self.clock()
         slow = duration >= self._slow_s
-        if cost is not None and not (math.isfinite(cost) and cost >= 0):
+        if cost is not None and not 0 <= cost <= MAX_ATTEMPT_COST_USD:  # NaN, < 0, inf, absurd
             cost, cost_unknown = None, True
             self.count_error("invalid_cost")
         with self._lock:

@@ -17,7 +17,7 @@ from resilience._clock import Clock, monotonic, wall_now
 from resilience._config import Policy, ResolvedPolicy, resolve_policy
 from resilience._errors import ConfigError, UnknownProviderError
 from resilience._guard import Guard
-from resilience._provider import MAX_LABEL_LENGTH, OTHER, Provider
+from resilience._provider import MAX_LABEL_LENGTH, OTHER, Provider, encodable
 from resilience._snapshot import RegistrySnapshot
 
 if TYPE_CHECKING:
@@ -94,9 +94,15 @@ class ProviderRegistry:
             not callable(getattr(probe, "check", None)) or any(p is probe for p in self.probes.values())
         ):
             raise ConfigError(f"probe must be an HttpProbe not given to another provider, got {probe!r}")
-        if not isinstance(name, str) or not name.strip() or len(name) > MAX_LABEL_LENGTH:
+        if (
+            not isinstance(name, str)
+            or not name.strip()
+            or len(name) > MAX_LABEL_LENGTH
+            or encodable(name) != name
+        ):
             raise ConfigError(
-                f"name must be a non-empty string of at most {MAX_LABEL_LENGTH} characters, got {name!r}"
+                f"name must be a non-empty UTF-8 string of at most {MAX_LABEL_LENGTH} characters, "
+                f"got {name!r}"
             )
         if policy is not None and not isinstance(policy, Policy):
             raise ConfigError(f"policy must be a Policy, got {policy!r}")
@@ -183,6 +189,7 @@ class ProviderRegistry:
     def _auto(self, name: str) -> Provider:
         if len(name) > MAX_LABEL_LENGTH or not name:
             name = OTHER
+        name = encodable(name)[:MAX_LABEL_LENGTH]
         with self._lock:
             provider = self._providers.get(name)
             if provider is not None:

@@ -105,6 +105,6 @@ def _top_level_model(body: bytes, match: re.Match[bytes]) -> str | None:
         else:
             data = json.loads(body[: match.end()] + b"}")
             model = data.get("model") if isinstance(data, dict) else None
-    except ValueError:  # UnicodeDecodeError included
+    except (ValueError, RecursionError):  # UnicodeDecodeError included; nested too deep to parse
         return None
     return model if isinstance(model, str) else None
