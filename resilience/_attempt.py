@@ -29,13 +29,7 @@ log = logging.getLogger("resilience")
 
 def classify(policy: ResolvedPolicy, status: int) -> str:
     """The outcome of a response status: success, failure, throttled or client_error."""
-    if status in policy.throttle_statuses:
-        return "throttled"
-    if status in policy.failure_statuses:
-        return "failure"
-    if 400 <= status < 500:
-        return "client_error"
-    return "success"
+    return policy.outcome_for_status(status)
 
 
 class Attempt:

@@ -332,6 +332,16 @@ class ResolvedPolicy:
     idle_timeout: float | None
     source: Policy = field(repr=False, compare=False)
 
+    def outcome_for_status(self, status: int) -> Outcome:
+        """The outcome a response status means: throttled, failure, client_error or success."""
+        if status in self.throttle_statuses:
+            return "throttled"
+        if status in self.failure_statuses:
+            return "failure"
+        if 400 <= status < 500:
+            return "client_error"
+        return "success"
+
 
 def resolve_policy(own: Policy | None, default: Policy | None) -> ResolvedPolicy:
     """Merge a provider's own policy over the registry default over the library defaults."""

@@ -30,6 +30,7 @@ from resilience._context import RequestStats, begin_request, end_request
 from resilience._errors import CircuitOpenError, ConfigError
 from resilience._provider import Provider
 from resilience._registry import ProviderRegistry
+from resilience._retry import parse_retry_after
 
 log = logging.getLogger("resilience")
 
@@ -236,25 +237,14 @@ def _with_headers(message: MutableMapping[str, Any], stats: RequestStats) -> Mes
 
 def outcome_of(provider: Provider, status: int) -> str:
     """The outcome a response status means under the provider's policy."""
-    policy = provider.policy
-    if status in policy.failure_statuses:
-        return "failure"
-    if status in policy.throttle_statuses:
-        return "throttled"
-    if 400 <= status < 500:
-        return "client_error"
-    return "success"
+    return provider.policy.outcome_for_status(status)
 
 
 def _retry_after(headers: Any) -> float | None:
-    """A ``Retry-After`` given in seconds, or ``None`` (HTTP dates are left to the transport)."""
+    """A ``Retry-After`` (seconds or HTTP date) of the response, or ``None``."""
     for name, value in headers:
         if bytes(name).lower() == b"retry-after":
-            try:
-                seconds = float(bytes(value).decode("latin-1").strip())
-            except ValueError:
-                return None
-            return seconds if math.isfinite(seconds) and seconds >= 0 else None
+            return parse_retry_after(bytes(value).decode("latin-1"))
     return None
 
 

@@ -529,3 +529,13 @@ def test_open_circuit_becomes_503_through_uvicorn() -> None:
     assert response.headers["retry-after"] == "3"
     assert response.headers["x-resilience-attempts"] == "0"
     assert response.json()["error"] == {"type": "circuit_open", "provider": "openrouter", "retry_after": 3}
+
+
+def test_guarded_route_reads_retry_after_dates_too() -> None:
+    """A guarded route's Retry-After is read as seconds or as an HTTP date (a past date is 0)."""
+    from resilience.middleware import _retry_after
+
+    assert _retry_after([(b"Retry-After", b"7")]) == 7.0
+    assert _retry_after([(b"retry-after", b"Wed, 21 Oct 2015 07:28:00 GMT")]) == 0.0
+    assert _retry_after([(b"retry-after", b"soon")]) is None
+    assert _retry_after([(b"content-type", b"text/plain")]) is None
