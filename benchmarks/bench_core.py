@@ -121,52 +121,43 @@ def test_window_record(benchmark: BenchmarkFixture) -> None:
     benchmark(run)
 
 
-@pytest.mark.benchmark(group="snapshot 100 providers x 10 models")
-def test_snapshot_100x10(benchmark: BenchmarkFixture) -> None:
-    """registry.snapshot() of 100 providers with 10 models each, all changed since the last one."""
+def _hundred_by_ten() -> tuple[ProviderRegistry, Callable[[], None]]:
+    """100 providers with 10 models each, and a function recording one success per model."""
     registry = ProviderRegistry(max_providers=200, max_models=20)
     providers = [registry.register(f"p{i}") for i in range(100)]
     models = [[p.model_window(f"m{j}") for j in range(10)] for p in providers]
 
-    def touch_and_snapshot() -> None:
+    def touch() -> None:
         for provider, windows in zip(providers, models, strict=True):
             for window in windows:
                 provider.record(provider.admit(), "success", 0.05, model=window)
+
+    touch()
+    return registry, touch
+
+
+@pytest.mark.benchmark(group="snapshot 100 providers x 10 models")
+def test_snapshot_100x10(benchmark: BenchmarkFixture) -> None:
+    """registry.snapshot() of 100 x 10 after every window changed (includes 1,000 record() calls)."""
+    registry, touch = _hundred_by_ten()
+
+    def touch_and_snapshot() -> None:
+        touch()
         registry.snapshot()
 
-    def touch_only() -> None:
-        for provider, windows in zip(providers, models, strict=True):
-            for window in windows:
-                provider.record(provider.admit(), "success", 0.05, model=window)
-
-    benchmark.extra_info["note"] = "includes 1000 record() calls; see test_snapshot_touch_only"
     benchmark(touch_and_snapshot)
     assert len(registry.snapshot().providers) == 100
-    _ = touch_only
 
 
 @pytest.mark.benchmark(group="snapshot 100 providers x 10 models")
 def test_snapshot_touch_only(benchmark: BenchmarkFixture) -> None:
-    """The 1000 record() calls alone, to subtract from test_snapshot_100x10."""
-    registry = ProviderRegistry(max_providers=200, max_models=20)
-    providers = [registry.register(f"p{i}") for i in range(100)]
-    models = [[p.model_window(f"m{j}") for j in range(10)] for p in providers]
-
-    def touch_only() -> None:
-        for provider, windows in zip(providers, models, strict=True):
-            for window in windows:
-                provider.record(provider.admit(), "success", 0.05, model=window)
-
-    benchmark(touch_only)
+    """The 1,000 record() calls alone, to subtract from test_snapshot_100x10."""
+    _, touch = _hundred_by_ten()
+    benchmark(touch)
 
 
 @pytest.mark.benchmark(group="snapshot 100 providers x 10 models")
 def test_snapshot_unchanged(benchmark: BenchmarkFixture) -> None:
     """registry.snapshot() of 100 x 10 when nothing changed since the last one (cached windows)."""
-    registry = ProviderRegistry(max_providers=200, max_models=20)
-    for i in range(100):
-        provider = registry.register(f"p{i}")
-        for j in range(10):
-            window = provider.model_window(f"m{j}")
-            provider.record(provider.admit(), "success", 0.05, model=window)
+    registry, _ = _hundred_by_ten()
     benchmark(registry.snapshot)
