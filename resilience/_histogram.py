@@ -55,6 +55,8 @@ def quantiles(
     """Nearest-rank quantiles of a histogram whose non-zero buckets lie in [lo, hi]."""
     if hi < lo:
         return tuple(None for _ in qs)
+    if hi == lo:  # one bucket: every quantile is its middle
+        return tuple(_MIDDLES[lo] for _ in qs) if counts[lo] > 0 else tuple(None for _ in qs)
     cumulative = list(accumulate(counts[lo : hi + 1]))
     total = cumulative[-1] if cumulative else 0
     if total <= 0:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 import threading
 from collections import Counter, deque
-from collections.abc import Iterator
 from itertools import accumulate
 
 from resilience import _health
@@ -328,14 +327,16 @@ class Provider:
 
     # -- reading ---------------------------------------------------------------
 
-    def _model_snapshots(self, now: float) -> Iterator[ModelSnapshot]:
-        cache = self._model_snaps
-        for name, window in self._models.items():
+    def _model_snapshots(self, now: float) -> tuple[ModelSnapshot, ...]:
+        cache, name = self._model_snaps, self.name
+        out = []
+        for model, window in self._models.items():
             window_snap = window.snapshot(now)
-            snap = cache.get(name)
+            snap = cache.get(model)
             if snap is None or snap.window is not window_snap:
-                snap = cache[name] = ModelSnapshot(self.name, name, window_snap)
-            yield snap
+                snap = cache[model] = ModelSnapshot(name, model, window_snap)
+            out.append(snap)
+        return tuple(out)
 
     def snapshot(self) -> ProviderSnapshot:
         """The provider's numbers now (health, stats window, models, counters)."""
@@ -345,7 +346,7 @@ class Provider:
             self.breaker._expire_locked(now)
             state = self.breaker._state
             window = self.stats.snapshot(now)
-            models = tuple(self._model_snapshots(now))
+            models = self._model_snapshots(now)
             retry_after = self.breaker.retry_after_locked(now)
             requests: dict[str, int] = dict(zip(OUTCOMES, self.requests_total, strict=True))
             cost_total, duration_sum = self.cost_total, self.duration_sum

@@ -234,21 +234,11 @@ class TimeWindow:
         if self.latency:
             p50, p95, p99 = _histogram.quantiles(self._hist, self._lo, self._hi, _QUANTILES)
         cost = math.fsum(b.cost for b in self._buckets if b is not None) if totals[COSTED] else 0.0
+        # positional: a scrape builds one per provider and model
+        ok, failed, throttled, client, rejected, slow, costed, unknown, tokens_in, tokens_out = totals
         snap = WindowSnapshot(
-            successes=totals[SUCCESS],
-            failures=totals[FAILURE],
-            throttled=totals[THROTTLED],
-            client_errors=totals[CLIENT_ERROR],
-            rejected=totals[REJECTED],
-            slow=totals[SLOW],
-            p50=p50,
-            p95=p95,
-            p99=p99,
-            cost_usd=cost,
-            costed=totals[COSTED],
-            unknown_cost=totals[UNKNOWN_COST],
-            input_tokens=totals[INPUT_TOKENS],
-            output_tokens=totals[OUTPUT_TOKENS],
+            ok, failed, throttled, client, rejected, slow, p50, p95, p99,
+            cost, costed, unknown, tokens_in, tokens_out,
         )
         self._cache, self._cache_version = snap, self._version
         return snap
