@@ -32,6 +32,11 @@ SHORT = httpx.Timeout(15.0, read=0.4)
 LONG = httpx.Timeout(15.0)
 """Per-request timeout of every other path: never reached on loopback."""
 
+STREAMING_IDLE = 1.0
+"""``idle_timeout`` where SSE answers stream alongside stalls: far above any gap between their chunks,
+so only a stall breaches it (a breach of an answer whose cost was already sent would make the cost
+invariant depend on load). The ``stall_mid_stream`` scenario, with no multi-chunk answers, uses 0.25 s."""
+
 LIMITS = httpx.Limits(max_connections=400, max_keepalive_connections=400)
 """Pool limits of the inner transports: never the bottleneck (a pool timeout never reaches the upstream)."""
 

@@ -42,6 +42,7 @@ MANUAL = frozenset(
 """Edges ``force_open()``, ``disable()`` and ``reset()`` add."""
 
 SETTLE_SECONDS = 15.0
+EXTRA_COUNTS = ("transitions", "stale_resends", "refused_attempts")
 HISTORY_MAX = 128
 
 
@@ -179,10 +180,20 @@ class Tally:
     def write(self, path: Path) -> None:
         """The tally as JSON."""
         path.parent.mkdir(parents=True, exist_ok=True)
+        saw: Counter[str] = Counter()
+        totals: Counter[str] = Counter()
+        for scenario in self.scenarios:
+            saw.update(scenario["caller_saw"])
+            totals.update({k: scenario.get(k, 0) for k in EXTRA_COUNTS})
         summary = {
             "faults_injected": dict(sorted(self.faults.items())),
             "invariants_checked": dict(sorted(self.invariants.items())),
+            "scenarios_run": len(self.scenarios),
             "requests": sum(s["requests"] for s in self.scenarios),
+            "upstream_requests": sum(self.faults.values()) - self.faults["refused"],
+            "cost_sent_usd": sum(s["cost_sent_usd"] for s in self.scenarios),
+            "caller_saw": dict(sorted(saw.items())),
+            **dict(sorted(totals.items())),
             "seconds": round(sum(s["seconds"] for s in self.scenarios), 2),
             "scenarios": self.scenarios,
         }

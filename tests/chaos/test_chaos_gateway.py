@@ -22,7 +22,7 @@ import anyio
 import httpx
 import pytest
 import uvicorn
-from chaos._drive import LIMITS, LONG, SHORT, Bases, Mix, Run, chaos_policy, draw, join
+from chaos._drive import LIMITS, LONG, SHORT, STREAMING_IDLE, Bases, Mix, Run, chaos_policy, draw, join
 from chaos._invariants import Resources, Tally, check_scenario, recorded
 from chaos._upstream import Upstream
 from integration._server import ThreadedServer
@@ -163,7 +163,7 @@ async def scenario(
 ) -> None:
     """Run one gateway scenario and check everything."""
     before = Resources.now()
-    registry = ProviderRegistry(chaos_policy(idle_timeout=0.25))
+    registry = ProviderRegistry(chaos_policy(idle_timeout=STREAMING_IDLE))
     app, inbound = gateway(registry, bases), Inbound()
     started = time.monotonic()
     with anyio.fail_after(120):

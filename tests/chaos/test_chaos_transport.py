@@ -14,7 +14,18 @@ from dataclasses import dataclass
 import anyio
 import httpx
 import pytest
-from chaos._drive import HOST, LIMITS, Bases, Mix, Run, chaos_policy, coroutines, join, threads
+from chaos._drive import (
+    HOST,
+    LIMITS,
+    STREAMING_IDLE,
+    Bases,
+    Mix,
+    Run,
+    chaos_policy,
+    coroutines,
+    join,
+    threads,
+)
 from chaos._invariants import AUTOMATIC, MANUAL, Resources, Tally, check_scenario
 from chaos._upstream import Upstream
 
@@ -117,7 +128,7 @@ async def test_storm_all_faults_async_and_threads_together(
         ("/ok/1", 4), ("/sse/2", 2), ("/status/500", 1), ("/status/503", 1), ("/throttle/0.02", 1),
         ("/hang", 1), ("/reset", 1), ("/reuse/3", 2), ("/stall", 1), ("/flap/1", 2), ("/refused", 1),
     ]
-    storm = Scenario("storm", mix, chaos_policy(idle_timeout=0.25), async_each=2, thread_each=12)
+    storm = Scenario("storm", mix, chaos_policy(idle_timeout=STREAMING_IDLE), async_each=2, thread_each=12)
     before = Resources.now()
     registry = ProviderRegistry(storm.policy)
     run, stop, flips = Run(), anyio.Event(), [0]
