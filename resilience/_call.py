@@ -28,8 +28,10 @@ from resilience._stream import AsyncRecordingStream, SyncRecordingStream
 _PLAIN_BODY_START = (b"", b"{", b"[")
 """How a JSON body (or an empty one) starts: one without ``usage`` in it has no cost to find."""
 
-NOT_SENT = (httpx.UnsupportedProtocol, httpx.LocalProtocolError)
-"""Errors of the request itself: it never reached the provider, nothing is recorded."""
+NOT_SENT = (httpx.UnsupportedProtocol, httpx.LocalProtocolError, httpx.PoolTimeout)
+"""Errors on our side: the request never reached the provider, nothing is recorded.
+
+``PoolTimeout`` is the client's own connection pool being full, not the provider."""
 
 SyncSend = Callable[[httpx.Request], httpx.Response]
 AsyncSend = Callable[[httpx.Request], Awaitable[httpx.Response]]

@@ -188,6 +188,8 @@ class ProviderRegistry:
 
     def _auto(self, name: str) -> Provider:
         if len(name) > MAX_LABEL_LENGTH or not name:
+            with self._lock:
+                self.label_overflows += 1
             name = OTHER
         name = encodable(name)[:MAX_LABEL_LENGTH]
         with self._lock:

@@ -251,3 +251,10 @@ def test_invalid_cost_is_counted_not_raised(clock: FakeClock) -> None:
     assert snap.window.unknown_cost == 2
     assert snap.cost_total == pytest.approx(0.002)
     assert provider.errors["invalid_cost"] == 2
+
+
+def test_overlong_names_fold_into_other_and_are_counted(clock: FakeClock) -> None:
+    """A name longer than a label may be folds into 'other' and counts as an overflow."""
+    registry = ProviderRegistry(clock=clock)
+    assert registry.resolve("x" * 500).name == "other"
+    assert registry.label_overflows == 1

@@ -544,3 +544,19 @@ def test_stale_resend_happens_once_and_keeps_the_callers_trace() -> None:
     assert pooled.sent == 2
     assert heard == REUSED * 2
     assert registry.get("openrouter.ai").snapshot().requests_total["failure"] == 1
+
+
+def test_pool_timeout_is_not_held_against_the_provider() -> None:
+    """A full client pool (PoolTimeout) never reached the provider: raised, nothing recorded."""
+    import resilience
+
+    def full_pool(request: httpx.Request) -> httpx.Response:
+        raise httpx.PoolTimeout("no connection available", request=request)
+
+    registry = resilience.ProviderRegistry()
+    registry.register("p", hosts=["p.test"])
+    transport = resilience.ResilientTransport(registry, transport=httpx.MockTransport(full_pool))
+    with httpx.Client(transport=transport) as client, pytest.raises(httpx.PoolTimeout):
+        client.get("https://p.test/")
+    totals = registry.get("p").snapshot().requests_total
+    assert sum(totals.values()) == 0
