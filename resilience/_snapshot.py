@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import NamedTuple
 
@@ -18,9 +18,10 @@ class ModelSnapshot(NamedTuple):
     window: WindowSnapshot
 
 
-@dataclass(frozen=True, slots=True)
-class ProviderSnapshot:
+class ProviderSnapshot(NamedTuple):
     """One provider: breaker state, health and the stats window.
+
+    A named tuple, like the window snapshots: a scrape builds one per provider.
 
     ``window`` covers the stats window (latency to the end of the body);
     ``time_to_headers`` the same window's streamed responses, timed to their
@@ -38,15 +39,15 @@ class ProviderSnapshot:
     retry_after: float
     window: WindowSnapshot
     window_seconds: float
-    models: tuple[ModelSnapshot, ...] = ()
-    requests_total: dict[str, int] = field(default_factory=dict)
-    cost_total: float = 0.0
-    retries_total: dict[str, int] = field(default_factory=dict)
-    transitions_total: dict[tuple[str, str], int] = field(default_factory=dict)
-    duration_buckets: tuple[tuple[float, int], ...] = ()
-    duration_sum: float = 0.0
-    history: tuple[tuple[float, str], ...] = ()
-    time_to_headers: WindowSnapshot | None = None
+    models: tuple[ModelSnapshot, ...]
+    requests_total: dict[str, int]
+    cost_total: float
+    retries_total: dict[str, int]
+    transitions_total: dict[tuple[str, str], int]
+    duration_buckets: tuple[tuple[float, int], ...]
+    duration_sum: float
+    history: tuple[tuple[float, str], ...]
+    time_to_headers: WindowSnapshot
 
 
 @dataclass(frozen=True, slots=True)
