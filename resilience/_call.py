@@ -97,7 +97,7 @@ class Call:
             or response.stream.__class__ is not httpx.ByteStream
         ):
             return False
-        body = response.read()
+        body = _in_memory_body(response.stream)
         if b"usage" in body or body[:1] not in _PLAIN_BODY_START:
             return False
         now = provider.clock()
@@ -212,9 +212,18 @@ class Call:
         stream = response.stream
         if isinstance(stream, httpx.ByteStream):
             attempt.headers_at = None  # not streamed: the body is already here
-            attempt.finish_body(response.read())
+            attempt.finish_body(_in_memory_body(stream))
         else:
             attempt.inspector = BodyInspector.for_headers(response.headers)
             response.stream = wrap(stream, attempt, self.request)  # type: ignore[arg-type]  # matching side
         return response
 
+
+def _in_memory_body(stream: httpx.ByteStream) -> bytes:
+    """The raw bytes of an in-memory body, still content-encoded as the headers say.
+
+    The cost finder decodes ``gzip``/``deflate`` itself, by the headers; the
+    already-decoded ``response.content`` would fail that decoding and lose
+    the cost.
+    """
+    return b"".join(stream)

@@ -560,3 +560,22 @@ def test_pool_timeout_is_not_held_against_the_provider() -> None:
         client.get("https://p.test/")
     totals = registry.get("p").snapshot().requests_total
     assert sum(totals.values()) == 0
+
+
+def test_cost_of_an_in_memory_gzip_body_is_found() -> None:
+    """A gzip-encoded JSON body already in memory still yields its usage.cost."""
+    import gzip
+    import json
+
+    import resilience
+
+    body = gzip.compress(json.dumps({"usage": {"cost": 0.5}}).encode())
+    headers = {"content-encoding": "gzip", "content-type": "application/json"}
+    upstream = httpx.MockTransport(lambda request: httpx.Response(200, content=body, headers=headers))
+    registry = resilience.ProviderRegistry()
+    registry.register("p", hosts=["p.test"])
+    with httpx.Client(transport=resilience.ResilientTransport(registry, transport=upstream)) as client:
+        assert client.get("https://p.test/").json() == {"usage": {"cost": 0.5}}
+    provider = registry.get("p")
+    assert provider.snapshot().cost_total == 0.5
+    assert provider.errors == {}
