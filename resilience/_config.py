@@ -11,7 +11,7 @@ Durations accept ``float`` seconds or :class:`datetime.timedelta`.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields, replace
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
@@ -305,10 +305,9 @@ class Policy:
 
     def merged_over(self, base: Policy) -> Policy:
         """This policy with every part it leaves out taken from ``base``."""
-        given = {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
-        return replace(base, **given)
+        return replace(base, **self.given())
 
-    def given(self) -> Mapping[str, object]:
+    def given(self) -> dict[str, Any]:
         """The parts this policy names (not ``None``)."""
         return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
 

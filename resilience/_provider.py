@@ -167,10 +167,6 @@ class Provider:
                 self._model_pending[window] = deque()
         return window
 
-    def pending_for(self, model: TimeWindow | None) -> deque[float] | None:
-        """Where fast successes of this model wait to be folded (besides the provider's deque)."""
-        return None if model is None else self._model_pending[model]
-
     def count_error(self, kind: str) -> None:
         """Count an instrumentation error (a bad cost body, a metrics error ...)."""
         with self._lock:
