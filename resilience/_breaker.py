@@ -107,6 +107,8 @@ class Breaker:
         self._state: str = CLOSED
         self._generation = 0
         self.permit = 0  # the permit of the current generation outside half-open
+        self.closed_permit = 0
+        """:attr:`permit` while closed, else ``-1``: one comparison tells a fast path both."""
         self._open_until = 0.0
         self._trips = 0
         self._consecutive = 0
@@ -218,9 +220,14 @@ class Breaker:
                     self._transition_locked(CLOSED, now)
 
     def add_successes_locked(self, now: float, n: int) -> None:
-        """Fold a batch of ``n`` fast successes into the decision window (closed only)."""
+        """Fold a batch of ``n`` fast successes into the decision window (closed only).
+
+        The fast path leaves :attr:`_consecutive` alone: every failure is judged
+        after the pending successes are folded, so resetting it here is exact.
+        """
         if self._state is CLOSED:
             self._window.record_successes(now, n, {})
+            self._consecutive = 0
 
     def _evaluate_locked(self, now: float, retry_after: float | None) -> None:
         policy = self.policy
@@ -267,6 +274,7 @@ class Breaker:
         self._generation += 1
         self.permit = self._generation << 1
         self._state = to
+        self.closed_permit = self.permit if to == CLOSED else -1
         self._window.reset()
         self._consecutive = 0
         self._trial_in_flight = 0

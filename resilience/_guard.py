@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from types import TracebackType
 
-from resilience._breaker import CLOSED
 from resilience._provider import FOLD_BATCH, Provider
 from resilience._window import TimeWindow
 
@@ -31,20 +30,17 @@ class Guard:
     it is what every guarded call pays.
     """
 
-    __slots__ = ("_model", "_model_pending", "_permit", "_provider", "_start")
+    __slots__ = ("_model", "_pending", "_permit", "_provider", "_start")
 
     def __init__(self, provider: Provider, model: TimeWindow | None) -> None:
         self._provider = provider
         self._model = model
-        self._model_pending = None if model is None else provider._model_pending[model]
+        self._pending = provider.stats.pending if model is None else model.pending
 
     def __enter__(self) -> Guard:
         provider = self._provider
-        breaker = provider.breaker
-        if breaker._state is CLOSED:
-            self._permit = breaker.permit
-        else:
-            self._permit = provider.admit(self._model)
+        permit = provider.breaker.closed_permit
+        self._permit = permit if permit >= 0 else provider.admit(self._model)
         self._start = provider.clock()
         return self
 
@@ -58,18 +54,10 @@ class Guard:
         now = provider.clock()
         duration = now - self._start
         if exc is None:
-            breaker = provider.breaker
-            if (
-                breaker._state is CLOSED
-                and duration < provider._slow_s
-                and self._permit == breaker.permit
-            ):
+            if self._permit == provider.breaker.closed_permit and duration < provider._slow_s:
                 # the fast path of Provider.record_success, inlined
-                pending = provider._pending
+                pending = self._pending
                 pending.append(duration)
-                if self._model_pending is not None:
-                    self._model_pending.append(duration)
-                breaker._consecutive = 0
                 if now >= provider._fold_at or len(pending) >= FOLD_BATCH:
                     provider.fold(now)
                 return

@@ -36,6 +36,20 @@ INCOMPLETE = "incomplete"
 """The body did not end (closed early, failed, too large, unreadable encoding)."""
 
 
+def in_memory_body(stream: httpx.ByteStream) -> bytes:
+    """The raw bytes of an in-memory body, still content-encoded as the headers say.
+
+    The cost finder decodes ``gzip``/``deflate`` itself, by the headers; the
+    already-decoded ``response.content`` would fail that decoding and lose
+    the cost.
+    """
+    try:
+        body = stream._stream  # what ByteStream iterates over, without a generator per call
+    except AttributeError:  # pragma: no cover - a future httpx that renames it
+        return b"".join(stream)
+    return body if body.__class__ is bytes else b"".join(stream)
+
+
 class BodyInspector:
     """Fed every chunk of one response body; :meth:`result` gives the usage found."""
 
@@ -100,12 +114,12 @@ class BodyInspector:
             self._keep_partial(data)
             return
         complete, rest = data[:cut], data[cut + 1 :]
-        if b"usage" in complete:
+        if complete.find(b"usage") >= 0:  # find, not ``in``: on bytes ``in`` first tries an int
             lines = complete.split(b"\n")
             if self._skip_line:
                 lines[0] = b""
             for line in lines:
-                if b"usage" in line:
+                if line.find(b"usage") >= 0:
                     self._sse_line(line)
         self._skip_line = False
         self._keep_partial(rest)
@@ -138,7 +152,7 @@ class BodyInspector:
     def result(self, complete: bool) -> tuple[Mapping[str, Any] | None, str | None]:
         """``(usage or None, problem or None)`` once the body has ended (``complete``) or stopped."""
         if self._sse:
-            if self._partial and not self._skip_line and b"usage" in self._partial:
+            if self._partial and not self._skip_line and self._partial.find(b"usage") >= 0:
                 self._sse_line(self._partial)
                 self._partial = b""
             if self._usage is not None:

@@ -5,10 +5,13 @@ breaker's decision window, the provider's stats window (never cleared; behind
 health, dashboard and gauges) and the model's stats window. Monotonic
 counters (requests, cost, retries, a duration histogram) feed Prometheus.
 
-The fast path: a fast success on a closed breaker takes no lock. It is
-appended to a deque (atomic in CPython) and folded into the windows in a
-batch by whoever next takes the lock — a failure, a snapshot, a bucket
-change, or a full batch — so counts stay exact under threads.
+The fast path: a fast success on a closed breaker takes no lock. Its
+duration is appended to one deque (atomic in CPython): the model window's
+``pending`` when the call has a model, else the provider stats window's.
+Whoever next takes the lock — a failure, a snapshot, a bucket change, or a
+full batch — folds them all into the windows in a batch (a model's
+successes into its own window and the provider's), so counts stay exact
+under threads.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from __future__ import annotations
 import math
 import threading
 from collections import Counter, deque
-from itertools import accumulate
+from itertools import accumulate, repeat, starmap
 
 from resilience import _health
 from resilience._breaker import CLOSED, DISABLED, HALF_OPEN, OPEN, Breaker
@@ -84,12 +87,15 @@ class Provider:
         self.headers_window = TimeWindow(policy.stats_window_seconds)
         self._max_models = max_models
         self._models: dict[str, TimeWindow] = {}
-        self._pending: deque[float] = deque()
-        self._model_pending: dict[TimeWindow, deque[float]] = {}
         self._orphans: deque[int] = deque()
         self._fold_width = min(self.stats.bucket_seconds, _decision_bucket(self.breaker))
         self._fold_at = -math.inf
         self._slow_s = float(policy.breaker.slow_call_seconds)  # type: ignore[arg-type]
+        plain = policy.cost is None and all(
+            status >= 400 for status in policy.failure_statuses | policy.throttle_statuses
+        )
+        self.plain_below = 400 if plain else 0
+        """Statuses below this are plain successes with no cost extractor: the transport's happy path."""
         self.requests_total = [0] * len(OUTCOMES)
         self.cost_total = 0.0
         self.retries_total: dict[str, int] = {}
@@ -164,7 +170,6 @@ class Provider:
                     if window is not None:
                         return window
                 window = self._models[key] = TimeWindow(self.policy.stats_window_seconds)
-                self._model_pending[window] = deque()
         return window
 
     def count_error(self, kind: str) -> None:
@@ -221,13 +226,9 @@ class Provider:
 
     def record_success(self, permit: int, duration: float, now: float, model: TimeWindow | None) -> None:
         """A success without cost: lock-free while closed and fast, else :meth:`record`."""
-        breaker = self.breaker
-        if breaker._state is CLOSED and duration < self._slow_s and permit == breaker.permit:
-            pending = self._pending
+        if permit == self.breaker.closed_permit and duration < self._slow_s:
+            pending = self.stats.pending if model is None else model.pending
             pending.append(duration)
-            if model is not None:
-                self._model_pending[model].append(duration)
-            breaker._consecutive = 0
             if now >= self._fold_at or len(pending) >= FOLD_BATCH:
                 self.fold(now)
             return
@@ -295,28 +296,34 @@ class Provider:
             self._fold_locked(now)
 
     def _fold_locked(self, now: float) -> None:
-        # every fast success is in self._pending; a model's are also in its own deque
-        pending = self._pending
-        if pending:
-            fold_at = self._fold_at
+        # a fast success waits in exactly one deque: its model window's, or the stats window's
+        stats = self.stats
+        latency: Counter[int] = Counter()
+        n, total = 0, 0.0
+        when = now
+        fold_at = self._fold_at
+        if fold_at <= now and fold_at != -math.inf:
             # everything pending arrived before fold_at: keep it in that bucket
-            when = now if now < fold_at or fold_at == -math.inf else fold_at - self._fold_width * 1e-6
+            when = fold_at - self._fold_width * 1e-6
+        for window in (stats, *self._models.values()):
+            pending = window.pending
+            if not pending:
+                continue
             durations = _drain(pending)
-            latency = Counter(map(bucket_of, durations))
-            for model, model_pending in self._model_pending.items():
-                if model_pending:
-                    model_durations = _drain(model_pending)
-                    model.record_successes(
-                        when, len(model_durations), Counter(map(bucket_of, model_durations))
-                    )
-            n = len(durations)
-            self.stats.record_successes(when, n, latency)
+            counts = Counter(map(bucket_of, durations))
+            if window is not stats:
+                window.record_successes(when, len(durations), counts)
+            latency.update(counts)
+            n += len(durations)
+            total += math.fsum(durations)
+        if n:
+            stats.record_successes(when, n, latency)
             self.breaker.add_successes_locked(when, n)
             self.requests_total[SUCCESS] += n
             lifetime = self.duration_counts
             for index, count in latency.items():
                 lifetime[PROMETHEUS_BUCKET[index]] += count
-            self.duration_sum += math.fsum(durations)
+            self.duration_sum += total
         if now >= self._fold_at:
             width = self._fold_width
             self._fold_at = (now // width + 1) * width
@@ -383,5 +390,5 @@ def _decision_bucket(breaker: Breaker) -> float:
 
 
 def _drain(pending: deque[float]) -> list[float]:
-    popleft = pending.popleft
-    return [popleft() for _ in range(len(pending))]
+    """Pop what ``pending`` holds now, left to right; appends racing in stay for the next fold."""
+    return list(starmap(pending.popleft, repeat((), len(pending))))

@@ -15,6 +15,7 @@ import re
 
 import httpx
 
+from resilience._inspect import in_memory_body
 from resilience._provider import Provider
 from resilience._registry import ProviderRegistry
 
@@ -23,7 +24,8 @@ MAX_BODY = 1 << 20
 
 _MODEL = re.compile(rb'"model"\s*:\s*"((?:[^"\\]|\\.)*)"')
 _MAX_MATCHES = 8
-_COMPACT = b'{"model":"'
+_COMPACT = re.compile(rb'\{"model":"([^"\\]*)"').match
+_ByteStream = httpx.ByteStream
 
 
 class Resolver:
@@ -63,22 +65,24 @@ class Resolver:
 
 def model_from_body(request: httpx.Request) -> str | None:
     """The top-level ``"model"`` string of an in-memory JSON body, else ``None``; never raises."""
-    if not isinstance(request.stream, httpx.ByteStream):
-        return None  # streaming upload: never read it
-    try:
-        body = request.content
-    except httpx.RequestNotRead:
-        return None
+    stream = request.stream
+    if stream.__class__ is not _ByteStream:
+        if not isinstance(stream, httpx.ByteStream):
+            return None  # streaming upload: never read it
+        body = in_memory_body(stream)
+    else:
+        try:
+            body = stream._stream  # in_memory_body, inlined: this runs on every request
+        except AttributeError:  # pragma: no cover - a future httpx that renames it
+            body = in_memory_body(stream)
     if not body or len(body) > MAX_BODY:
         return None
-    if body.startswith(_COMPACT):  # how httpx's json= writes it: no regex needed
-        end = body.find(b'"', len(_COMPACT))
-        value = body[len(_COMPACT) : end]
-        if end > 0 and b"\\" not in value:
-            try:
-                return value.decode()
-            except UnicodeDecodeError:
-                return None
+    compact = _COMPACT(body)  # ``{"model":"...`` as httpx's json= writes it: read directly
+    if compact is not None:
+        try:
+            return compact[1].decode()
+        except UnicodeDecodeError:
+            return None
     for count, match in enumerate(_MODEL.finditer(body)):
         if count == _MAX_MATCHES:
             break
@@ -99,7 +103,7 @@ def _top_level_model(body: bytes, match: re.Match[bytes]) -> str | None:
     try:
         if body[: match.start()].strip() == b"{":
             value = match[1]
-            if b"\\" not in value:
+            if value.find(b"\\") < 0:
                 return value.decode()
             model = json.loads(b'"' + value + b'"')
         else:

@@ -15,6 +15,7 @@ access. Windows never read the clock; the owner passes ``now``.
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Mapping
 from typing import NamedTuple
 
@@ -86,7 +87,7 @@ class TimeWindow:
 
     __slots__ = (
         "_buckets", "_cache", "_cache_version", "_cur", "_hi", "_hist", "_lo",
-        "_n", "_totals", "_version", "_width", "latency", "window_seconds",
+        "_n", "_totals", "_version", "_width", "latency", "pending", "window_seconds",
     )
 
     def __init__(self, window_seconds: float, *, buckets: int = 60, latency: bool = True) -> None:
@@ -105,6 +106,9 @@ class TimeWindow:
         self._version = 0
         self._cache_version = -1
         self._cache: WindowSnapshot = EMPTY
+        self.pending: deque[float] = deque()
+        """Durations of fast successes appended lock-free by the owner, who folds them in
+        (:meth:`record_successes`) under its lock; see :class:`resilience._provider.Provider`."""
 
     # -- writing -----------------------------------------------------------
 

@@ -6,7 +6,8 @@
     sync_client = httpx.Client(transport=resilience.ResilientTransport(registry))
 
 The transport is thin: which provider and model a request belongs to lives
-in :mod:`resilience._resolve`, the attempts and retries in
+in :mod:`resilience._resolve`, the fused happy path in
+:mod:`resilience._happy`, the attempts and retries in
 :mod:`resilience._call`, the recording response streams in
 :mod:`resilience._stream`.
 """
@@ -23,6 +24,7 @@ from resilience import _clock
 from resilience._call import AsyncSend, Call, SyncSend
 from resilience._clock import AsyncSleep, Sleep
 from resilience._errors import ConfigError
+from resilience._happy import admit_request, recorded_plain
 from resilience._registry import ProviderRegistry
 from resilience._resolve import Resolver
 from resilience._retry import RetryBudget
@@ -80,7 +82,21 @@ class ResilientTransport(httpx.BaseTransport, httpx.AsyncBaseTransport):
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         """Send ``request`` through its provider's breaker, retries and windows."""
         send = self._sync_send or self._make_sync()
-        return Call(self._resolve, self._budgets, request).run_sync(send, self._sync_traced, self._sleep)
+        admission = admit_request(self._resolve, request)
+        if self._sync_traced:
+            return Call(self._budgets, request, admission).run_sync(send, True, self._sleep)
+        # Call.run_sync inlined for the happy path: no Call unless it is left
+        try:
+            response = send(request)
+        except BaseException as exc:
+            call = Call(self._budgets, request, admission)
+            first = call.first_failed(exc)
+        else:
+            if recorded_plain(admission, response):
+                return response
+            call = Call(self._budgets, request, admission)
+            first = call.first_responded(response)
+        return call.go_on_sync(first, send, False, self._sleep)
 
     def _make_sync(self) -> SyncSend:
         with self._lock:
@@ -103,18 +119,20 @@ class ResilientTransport(httpx.BaseTransport, httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         """:meth:`handle_request` for ``httpx.AsyncClient``."""
         send = self._async_send or self._make_async()
-        call = Call(self._resolve, self._budgets, request)
+        admission = admit_request(self._resolve, request)
         if self._async_traced:
-            return await call.run_async(send, True, self._async_sleep)
-        # Call.run_async inlined: one coroutine less on every call
+            return await Call(self._budgets, request, admission).run_async(send, True, self._async_sleep)
+        # Call.run_async inlined for the happy path: no Call and one coroutine less
         try:
             response = await send(request)
         except BaseException as exc:
+            call = Call(self._budgets, request, admission)
             first = call.first_failed(exc)
         else:
-            if call.recorded_fast(response):
+            if recorded_plain(admission, response):
                 return response
-            first = call.responded(call.attempt(call.permit, call.start, 1), response)
+            call = Call(self._budgets, request, admission)
+            first = call.first_responded(response)
         return await call.go_on_async(first, send, False, self._async_sleep)
 
     def _make_async(self) -> AsyncSend:
