@@ -15,6 +15,7 @@ path shows up in the ratio against a bare transport.
 
 from __future__ import annotations
 
+import re
 from typing import TypeAlias
 
 import httpx
@@ -32,6 +33,7 @@ Admission: TypeAlias = tuple[Provider, str | None, TimeWindow | None, RequestSta
 request's totals, the breaker permit and the start time."""
 
 _ByteStream = httpx.ByteStream
+_USAGE = re.compile(b"usage").search
 _JSON_START = frozenset(b"{[")
 """First bytes of a JSON body: one without ``usage`` in it (or an empty one) has no cost to find."""
 
@@ -80,8 +82,8 @@ def recorded_plain(admission: Admission, response: httpx.Response) -> bool:
         body = stream._stream  # in_memory_body, inlined
     except AttributeError:  # pragma: no cover - a future httpx that renames it
         body = in_memory_body(stream)
-    # bytes.find, not ``in``: ``b"usage" in body`` first tries the operand as an int and fails
-    if body and (body[0] not in _JSON_START or body.find(b"usage") >= 0):
+    # a regex search, not ``b"usage" in body`` (which first tries the operand as an int)
+    if body and (body[0] not in _JSON_START or _USAGE(body) is not None):
         return False
     now = provider.clock()
     duration = now - start

@@ -6,7 +6,7 @@ health, dashboard and gauges) and the model's stats window. Monotonic
 counters (requests, cost, retries, a duration histogram) feed Prometheus.
 
 The fast path: a fast success on a closed breaker takes no lock. Its
-duration is appended to one deque (atomic in CPython): the model window's
+duration is appended to one list (atomic in CPython): the model window's
 ``pending`` when the call has a model, else the provider stats window's.
 Whoever next takes the lock — a failure, a snapshot, a bucket change, or a
 full batch — folds them all into the windows in a batch (a model's
@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import threading
 from collections import Counter, deque
-from itertools import accumulate, repeat, starmap
+from itertools import accumulate
 
 from resilience import _health
 from resilience._breaker import CLOSED, DISABLED, HALF_OPEN, OPEN, Breaker
@@ -296,7 +296,7 @@ class Provider:
             self._fold_locked(now)
 
     def _fold_locked(self, now: float) -> None:
-        # a fast success waits in exactly one deque: its model window's, or the stats window's
+        # a fast success waits in exactly one list: its model window's, or the stats window's
         stats = self.stats
         latency: Counter[int] = Counter()
         n, total = 0, 0.0
@@ -389,6 +389,13 @@ def _decision_bucket(breaker: Breaker) -> float:
     return window.bucket_seconds if isinstance(window, TimeWindow) else math.inf
 
 
-def _drain(pending: deque[float]) -> list[float]:
-    """Pop what ``pending`` holds now, left to right; appends racing in stay for the next fold."""
-    return list(starmap(pending.popleft, repeat((), len(pending))))
+def _drain(pending: list[float]) -> list[float]:
+    """Take what ``pending`` holds now; appends racing in (at the end) stay for the next fold.
+
+    Each step is one C call, atomic under the GIL, and only the fold (under
+    the provider's lock) removes items, from the front.
+    """
+    n = len(pending)
+    durations = pending[:n]
+    del pending[:n]
+    return durations

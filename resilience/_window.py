@@ -15,7 +15,6 @@ access. Windows never read the clock; the owner passes ``now``.
 from __future__ import annotations
 
 import math
-from collections import deque
 from collections.abc import Mapping
 from typing import NamedTuple
 
@@ -106,7 +105,7 @@ class TimeWindow:
         self._version = 0
         self._cache_version = -1
         self._cache: WindowSnapshot = EMPTY
-        self.pending: deque[float] = deque()
+        self.pending: list[float] = []
         """Durations of fast successes appended lock-free by the owner, who folds them in
         (:meth:`record_successes`) under its lock; see :class:`resilience._provider.Provider`."""
 
