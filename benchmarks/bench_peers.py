@@ -49,6 +49,7 @@ SYNC, ASYNC = "peers: guard (1000 calls)", "peers: async guard (1000 calls)"
 HALF_THREADS, HALF_TASKS = "peers: half-open, 10 threads", "peers: half-open, 10 coroutines"
 TRANSPORT_GROUP = "transport happy path (1000 requests)"  # bench_transport.GET_GROUP
 ASYNC_TRANSPORT_GROUP = "transport async happy path (1000 requests)"  # bench_transport.ASYNC_GROUP
+TRANSPORT_ROUNDS = 25  # bench_transport.ROUNDS: the same rounds as the transports it stands beside
 BASE_URL = "http://api.test"
 PAYLOAD = {"model": "gpt-4o", "messages": [{"role": "user", "content": "Say hi."}]}
 
@@ -323,7 +324,7 @@ def test_transport_httpx_retries(benchmark: BenchmarkFixture) -> None:
         for _ in range(REQUESTS):
             client.get("/v1/models")
 
-    benchmark(run)
+    benchmark.pedantic(run, rounds=TRANSPORT_ROUNDS, warmup_rounds=2)  # type: ignore[no-untyped-call]
     client.close()
 
 
@@ -339,6 +340,8 @@ def test_transport_httpx_retries_async(benchmark: BenchmarkFixture) -> None:
         for _ in range(REQUESTS):
             await client.post("/v1/chat/completions", json=PAYLOAD)
 
-    benchmark(lambda: loop.run_until_complete(run()))
+    benchmark.pedantic(  # type: ignore[no-untyped-call]
+        lambda: loop.run_until_complete(run()), rounds=TRANSPORT_ROUNDS, warmup_rounds=2
+    )
     loop.run_until_complete(client.aclose())
     loop.close()

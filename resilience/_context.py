@@ -50,6 +50,9 @@ class RequestStats:
 
 _current: ContextVar[RequestStats | None] = ContextVar("resilience_request", default=None)
 
+opened = False
+"""Whether any :class:`RequestStats` was ever opened: until then the transport skips the lookup."""
+
 
 def current_request() -> RequestStats | None:
     """The totals of the inbound request being handled, or ``None`` outside one."""
@@ -58,6 +61,8 @@ def current_request() -> RequestStats | None:
 
 def begin_request() -> tuple[RequestStats, Token[RequestStats | None]]:
     """Open a fresh :class:`RequestStats` in this context (the middleware does this)."""
+    global opened
+    opened = True
     stats = RequestStats()
     return stats, _current.set(stats)
 

@@ -20,6 +20,7 @@ from typing import TypeAlias
 
 import httpx
 
+from resilience import _context
 from resilience._attempt import admit
 from resilience._context import RequestStats
 from resilience._context import _current as _request_stats
@@ -56,7 +57,7 @@ def admit_request(resolve: Resolver, request: httpx.Request) -> Admission:
     model = None
     if model_name is not None:
         model = provider._models.get(model_name) or provider.model_window(model_name)
-    stats = _request_stats.get()
+    stats = _request_stats.get() if _context.opened else None  # no middleware yet: no lookup
     permit = provider.breaker.closed_permit
     if permit < 0:
         permit = admit(provider, model, stats)
