@@ -5,6 +5,10 @@
   requests a round). GET without a body, and POST with a JSON ``model`` as
   LLM SDKs send it (the model is read from the body). httpx-retries joins
   the GET group from ``bench_peers.py``.
+* interleaved: the same three, each round through ``ResilientTransport``
+  right after a round through the bare transport, timed alike; the ratio of
+  the two minimums is what the goals use (drift between two benchmarks
+  cannot tilt it).
 * throughput: 8 threads through one ``httpx.Client`` to an upstream that
   takes 1 ms (a ``MockTransport`` handler that sleeps), bare, through
   ``ResilientTransport``, and through a transport that wraps each request in
@@ -19,6 +23,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import httpx
 import pybreaker
@@ -150,3 +155,67 @@ def test_transport_threads(benchmark: BenchmarkFixture, kind: str) -> None:
     with ThreadPoolExecutor(THREADS) as pool:
         benchmark(lambda: [f.result() for f in [pool.submit(work) for _ in range(THREADS)]])
     client.close()
+
+
+# -- happy path, interleaved with bare ------------------------------------------------------------
+
+INTERLEAVED_GROUP = "transport happy path, interleaved with bare (1000 requests)"
+
+
+def _sync_round(client: httpx.Client, case: str) -> Callable[[], None]:
+    def run() -> None:
+        if case == "get":
+            for _ in range(REQUESTS):
+                client.get("/v1/models")
+        else:
+            for _ in range(REQUESTS):
+                client.post("/v1/chat/completions", json=PAYLOAD)
+
+    return run
+
+
+def _async_round(client: httpx.AsyncClient, loop: asyncio.AbstractEventLoop) -> Callable[[], None]:
+    async def many() -> None:
+        for _ in range(REQUESTS):
+            await client.post("/v1/chat/completions", json=PAYLOAD)
+
+    return lambda: loop.run_until_complete(many())
+
+
+@pytest.mark.parametrize("case", ["get", "post", "async"])
+@pytest.mark.benchmark(group=INTERLEAVED_GROUP)
+def test_transport_interleaved(benchmark: BenchmarkFixture, case: str) -> None:
+    """Rounds through ResilientTransport, each right after a round through the bare transport.
+
+    pytest-benchmark times the ResilientTransport rounds; the setup before
+    each runs one bare round and times it the same way (``perf_counter``),
+    so both minimums come from the same stretch of time and a machine that
+    speeds up or slows down between two benchmarks cannot tilt the ratio.
+    """
+    loop = asyncio.new_event_loop()
+    if case == "async":
+        clients: list[Any] = [
+            httpx.AsyncClient(transport=_transport(k), base_url=BASE_URL) for k in ("bare", "resilience")
+        ]
+        bare, ours = (_async_round(c, loop) for c in clients)
+    else:
+        clients = [httpx.Client(transport=_transport(k), base_url=BASE_URL) for k in ("bare", "resilience")]
+        bare, ours = (_sync_round(c, case) for c in clients)
+    bare_times: list[float] = []
+
+    def timed_bare() -> None:
+        start = time.perf_counter()
+        bare()
+        bare_times.append(time.perf_counter() - start)
+
+    benchmark.pedantic(ours, setup=timed_bare, rounds=ROUNDS, warmup_rounds=2)  # type: ignore[no-untyped-call]
+    measured = bare_times[-ROUNDS:]  # the warmup rounds run their setup too
+    benchmark.extra_info.update(
+        peer=case, bare_min=min(measured), bare_median=sorted(measured)[len(measured) // 2]
+    )
+    for client in clients:
+        if isinstance(client, httpx.AsyncClient):
+            loop.run_until_complete(client.aclose())
+        else:
+            client.close()
+    loop.close()

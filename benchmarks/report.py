@@ -147,6 +147,19 @@ def half_open_table(group: str, entries: list[Entry]) -> list[str]:
     return lines
 
 
+def interleaved_table(group: str, entries: list[Entry]) -> list[str]:
+    """ResilientTransport rounds beside the bare rounds interleaved with them: minimums and their ratio."""
+    n = per_op(group)
+    lines = [f"| {group} | resilience min | bare min (same rounds) | × bare | over bare |",
+             "|---|---:|---:|---:|---:|"]
+    for e in sorted(entries, key=lambda e: ("get", "post", "async").index(key(e)) if key(e) in
+                    ("get", "post", "async") else 3):
+        ours, bare = e["stats"]["min"], e["extra_info"]["bare_min"]
+        lines.append(f"| {label(group, e)} | {fmt_time(ours / n)} | {fmt_time(bare / n)} | "
+                     f"**{ours / bare:.3f}×** | +{fmt_time(max(ours - bare, 0.0) / n)} |")
+    return lines
+
+
 def goal_rows(groups: dict[str, list[Entry]]) -> list[str]:
     """Each goal of issues 2, 3, 4 and 6, measured in this run, marked met or not met."""
     lines = ["| goal | measured | target | |", "|---|---:|---:|---|"]
@@ -156,7 +169,8 @@ def goal_rows(groups: dict[str, list[Entry]]) -> list[str]:
             lines.append(f"| {goal.title} | not in this run | {goal.target_text} | — |")
             continue
         met = value <= goal.target if goal.at_most else value >= goal.target
-        shown = fmt_time(value) if goal.unit == "s" else f"{value:.2f}×"
+        shown = fmt_time(value) if goal.unit == "s" else f"{value:.3f}×" if goal.unit == "interleaved" \
+            else f"{value:.2f}×"
         lines.append(f"| {goal.title} | {shown} | {goal.target_text} | {'met' if met else '**not met**'} |")
     return lines
 
@@ -169,6 +183,8 @@ def measure(groups: dict[str, list[Entry]], goal: Goal) -> float | None:
         return None
     if goal.unit == "s":
         return float(ours["stats"]["min"] - (other["stats"]["min"] if other else 0.0))
+    if goal.unit == "interleaved":
+        return float(ours["stats"]["min"] / ours["extra_info"]["bare_min"])
     assert other is not None
     if goal.throughput:
         return float(other["stats"]["min"] / ours["stats"]["min"])
@@ -231,6 +247,8 @@ def render(data: dict[str, Any], prose: dict[str, str], others: float | None = N
         for group in present:
             if section.kind == "half-open":
                 out += [*half_open_table(group, groups[group]), ""]
+            elif section.kind == "interleaved":
+                out += [*interleaved_table(group, groups[group]), ""]
             else:
                 out += [*time_table(group, groups[group], section.kind), ""]
             shown.add(group)
