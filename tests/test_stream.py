@@ -10,6 +10,7 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+from trio.testing import MockClock
 
 from resilience import (
     BreakerPolicy,
@@ -25,6 +26,12 @@ from resilience.testing import FakeClock
 pytestmark = pytest.mark.anyio
 
 URL = "https://api.example.com/v1/stream"
+VIRTUAL_TIME = pytest.mark.parametrize(
+    "anyio_backend",
+    [pytest.param(("trio", {"clock": MockClock(autojump_threshold=0)}), id="trio-virtual-time")],
+)
+"""Run an async test on trio with a clock that jumps to the next timer whenever every task waits:
+timeouts fire at once, at the virtual time they are due, and the test never sleeps."""
 
 
 class Upstream(httpx.SyncByteStream, httpx.AsyncByteStream):
@@ -188,14 +195,16 @@ async def test_async_chunks_and_one_record() -> None:
     assert totals(registry) == {"success": 1}
 
 
+@VIRTUAL_TIME
 async def test_async_first_byte_timeout_fires_on_a_silent_upstream() -> None:
-    """Async: a first chunk that never comes is cut off by a real timer."""
+    """Async: a first chunk that never comes is cut off by the event loop's timer (virtual time)."""
     body = Upstream([b"never"], before=lambda i: anyio.sleep_forever())
-    transport, registry, _ = setup(body, policy=Policy(first_byte_timeout=0.05))
+    transport, registry, _ = setup(body, policy=Policy(first_byte_timeout=5.0))
     async with httpx.AsyncClient(transport=transport) as client:
-        with anyio.fail_after(10):
-            with pytest.raises(StreamTimeoutError, match="first body chunk"):
-                await client.get(URL)
+        started = anyio.current_time()
+        with anyio.fail_after(60), pytest.raises(StreamTimeoutError, match="first body chunk"):
+            await client.get(URL)  # without the timeout, fail_after ends it (at virtual second 60)
+        assert anyio.current_time() - started == pytest.approx(5.0)
     assert totals(registry) == {"failure": 1}
 
 
@@ -222,6 +231,7 @@ async def test_async_early_close_records_once() -> None:
     assert body.closed
 
 
+@VIRTUAL_TIME
 async def test_cancelled_stream_frees_the_half_open_slot() -> None:
     """A stream cancelled mid-read gives its trial permit back: the next call is admitted."""
     body = Upstream([b"a", b"b"], before=lambda i: anyio.sleep_forever() if i == 1 else None)
@@ -230,7 +240,7 @@ async def test_cancelled_stream_frees_the_half_open_slot() -> None:
     provider.open_for(5.0)
     clock.advance(5.0)
     async with httpx.AsyncClient(transport=transport) as client:
-        with anyio.move_on_after(0.05):
+        with anyio.move_on_after(1.0):  # virtual time: the upstream never sends its second chunk
             async with client.stream("GET", URL) as response:
                 async for _ in response.aiter_raw():
                     pass
