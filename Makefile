@@ -23,7 +23,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy resilience
+	$(BIN)/mypy  # strict, over resilience/, tests/ and benchmarks/ (pyproject.toml)
 
 test: lint typecheck
 	$(BIN)/python -m pytest

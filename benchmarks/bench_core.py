@@ -140,7 +140,9 @@ def _hundred_by_ten() -> tuple[ProviderRegistry, Callable[[], None]]:
 def test_snapshot_100x10(benchmark: BenchmarkFixture) -> None:
     """registry.snapshot() of 100 x 10 right after every window changed (the records untimed)."""
     registry, touch = _hundred_by_ten()
-    benchmark.pedantic(registry.snapshot, setup=touch, rounds=300, iterations=1, warmup_rounds=5)
+    benchmark.pedantic(  # type: ignore[no-untyped-call]  # pytest-benchmark's pedantic is unannotated
+        registry.snapshot, setup=touch, rounds=300, iterations=1, warmup_rounds=5
+    )
     assert len(registry.snapshot().providers) == 100
 
 

@@ -242,7 +242,7 @@ def test_retry_after_ignored_by_default(clock: FakeClock) -> None:
     assert provider.state == "closed"
 
 
-class Recorder(pybreaker.CircuitBreakerListener):  # type: ignore[misc]  # pybreaker's class is untyped
+class Recorder(pybreaker.CircuitBreakerListener):
     """Keeps every state change it hears."""
 
     def __init__(self) -> None:
@@ -275,7 +275,7 @@ def test_pybreaker_listeners_hear_every_state_change(clock: FakeClock) -> None:
 def test_failing_listener_never_breaks_the_call(clock: FakeClock) -> None:
     """A listener that raises is logged and counted; the state still changes."""
 
-    class Broken(pybreaker.CircuitBreakerListener):  # type: ignore[misc]  # untyped base
+    class Broken(pybreaker.CircuitBreakerListener):
         def state_change(self, cb: object, old_state: object, new_state: object) -> None:
             raise RuntimeError("boom")
 

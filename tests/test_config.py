@@ -29,15 +29,15 @@ from resilience._config import resolve_policy
         ),
         pytest.param(lambda: BreakerPolicy(half_open_max_calls=0), "half_open_max_calls", id="half-open"),
         pytest.param(lambda: BreakerPolicy(consecutive_failures=0), "consecutive_failures", id="consecutive"),
-        pytest.param(lambda: BreakerPolicy(listeners=[object()]), "listeners", id="listener"),
+        pytest.param(lambda: BreakerPolicy(listeners=[object()]), "listeners", id="listener"),  # type: ignore[arg-type]  # wrong on purpose
         pytest.param(lambda: RetryPolicy(attempts=0), "attempts", id="attempts"),
-        pytest.param(lambda: RetryPolicy(retry_statuses={700}), "retry_statuses", id="status"),
+        pytest.param(lambda: RetryPolicy(retry_statuses={700}), "retry_statuses", id="status"),  # type: ignore[arg-type]  # wrong on purpose
         pytest.param(lambda: RetryPolicy(jitter=2), "jitter", id="jitter"),
         pytest.param(lambda: RetryPolicy(budget_ratio=-0.1), "budget_ratio", id="budget"),
-        pytest.param(lambda: Policy(breaker=RetryPolicy()), "breaker", id="wrong-part"),
-        pytest.param(lambda: Policy(cost=3), "cost", id="cost"),
+        pytest.param(lambda: Policy(breaker=RetryPolicy()), "breaker", id="wrong-part"),  # type: ignore[arg-type]  # wrong on purpose
+        pytest.param(lambda: Policy(cost=3), "cost", id="cost"),  # type: ignore[arg-type]  # wrong on purpose
         pytest.param(lambda: Policy(healthy_score=0.4, degraded_score=0.6), "degraded_score", id="scores"),
-        pytest.param(lambda: Policy(latency_slo_seconds="1"), "latency_slo_seconds", id="slo-str"),
+        pytest.param(lambda: Policy(latency_slo_seconds="1"), "latency_slo_seconds", id="slo-str"),  # type: ignore[arg-type]  # wrong on purpose
     ],
 )
 def test_bad_configuration_fails_at_construction_naming_the_field(factory: object, field: str) -> None:
@@ -97,12 +97,12 @@ def test_provider_policy_overrides_only_the_parts_it_names() -> None:
 def test_listeners_accept_pybreaker_listeners() -> None:
     """pybreaker.CircuitBreakerListener instances are valid listeners, kept as a tuple."""
     listener = pybreaker.CircuitBreakerListener()
-    assert BreakerPolicy(listeners=[listener]).listeners == (listener,)
+    assert BreakerPolicy(listeners=[listener]).listeners == (listener,)  # type: ignore[arg-type]  # a list, normalised
 
 
 def test_retry_methods_normalised_upper_case() -> None:
     """retry_methods narrows retries; None means every method."""
     assert RetryPolicy().retries_method("POST")
-    narrowed = RetryPolicy(retry_methods=["get"])
+    narrowed = RetryPolicy(retry_methods=["get"])  # type: ignore[arg-type]  # a list, normalised
     assert narrowed.retries_method("GET")
     assert not narrowed.retries_method("POST")

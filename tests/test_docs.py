@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,7 +15,7 @@ DOCS = ROOT / "docs"
 BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
 
 
-def _blocks() -> list[object]:
+def _blocks() -> list[Any]:
     params = []
     for page in sorted(DOCS.rglob("*.md")):
         for number, code in enumerate(BLOCK.findall(page.read_text(encoding="utf-8"))):

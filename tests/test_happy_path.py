@@ -117,7 +117,7 @@ def test_closed_permit_follows_the_state() -> None:
     registry = ProviderRegistry(clock=clock)
     provider = registry.register("api", policy=Policy(breaker=BreakerPolicy(open_seconds=5.0)))
     breaker = provider.breaker
-    seen = [(breaker.state, breaker.closed_permit == breaker.permit)]
+    seen: list[tuple[str, object]] = [(breaker.state, breaker.closed_permit == breaker.permit)]
     provider.force_open()
     seen.append((breaker.state, breaker.closed_permit))
     provider.reset()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis
@@ -36,11 +37,13 @@ def prom() -> CollectorRegistry:
     return CollectorRegistry()
 
 
-def _sync(server: RedisServer) -> redis.Redis:
+def _sync(server: RedisServer) -> Any:
+    """A client of ``server`` (Any: redis-py types every reply as a union of all replies)."""
     return redis.Redis(port=server.port, retry=Retry(NoBackoff(), 0), socket_timeout=5)
 
 
-def _async(server: RedisServer) -> redis.asyncio.Redis:
+def _async(server: RedisServer) -> Any:
+    """:func:`_sync` for asyncio."""
     return redis.asyncio.Redis(port=server.port, retry=redis.asyncio.retry.Retry(NoBackoff(), 0),
                                socket_timeout=5)
 
@@ -127,7 +130,7 @@ def test_watched_transaction_counts_the_commands_sent_at_once(
     client = rredis.instrument(_sync(server), prometheus_registry=prom)
     client.set("n", "5")
 
-    def double(pipe: redis.client.Pipeline) -> None:
+    def double(pipe: Any) -> None:
         value = int(pipe.get("n"))  # immediate: the key is watched
         pipe.multi()
         pipe.set("n", value * 2)

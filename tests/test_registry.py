@@ -182,6 +182,7 @@ def test_latency_factor_lowers_the_score(clock: FakeClock) -> None:
     for _ in range(10):
         provider.record(provider.admit(), "success", 5.0)
     snap = provider.snapshot()
+    assert snap.window.p95 is not None
     assert snap.window.p95 == pytest.approx(5.0, rel=0.05)
     assert snap.health_score == pytest.approx(1 - (snap.window.p95 - 2.0) / 6.0)
     assert snap.status == "degraded"
@@ -223,7 +224,8 @@ def test_registry_snapshot_and_summary(clock: FakeClock) -> None:
     down = registry.register("down")
     down.record(down.admit(), "failure", 0.1)
     snap = registry.snapshot()
-    assert snap.timestamp.utcoffset() is not None and snap.timestamp.utcoffset().total_seconds() == 0
+    offset = snap.timestamp.utcoffset()
+    assert offset is not None and offset.total_seconds() == 0
     assert [p.name for p in snap.providers] == ["up", "down"]
     summary = snap.summary
     assert (summary.total, summary.healthy, summary.unhealthy, summary.open_breakers) == (2, 1, 1, 1)

@@ -12,7 +12,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Literal
 
 import uvicorn
 
@@ -43,7 +43,7 @@ class ThreadedServer(uvicorn.Server):
 
 
 @contextlib.contextmanager
-def serve(app: Any, *, lifespan: str = "auto") -> Iterator[str]:
+def serve(app: Any, *, lifespan: Literal["auto", "on", "off"] = "auto") -> Iterator[str]:
     """Serve ``app`` on a free port of 127.0.0.1; yield its base URL."""
     config = uvicorn.Config(
         app, host="127.0.0.1", port=0, lifespan=lifespan, log_level="warning", ws="none",
