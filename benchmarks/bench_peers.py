@@ -28,8 +28,8 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
-import aiobreaker  # type: ignore[import-untyped]
-import circuitbreaker  # type: ignore[import-untyped]
+import aiobreaker
+import circuitbreaker
 import httpx
 import pybreaker
 import pytest
