@@ -63,6 +63,26 @@ def _transport(kind: str, handler: Callable[[httpx.Request], httpx.Response] = _
     return mock if kind == "bare" else ResilientTransport(_registry(), mock)  # type: ignore[return-value]
 
 
+def _sync_round(client: httpx.Client, case: str) -> Callable[[], None]:
+    def run() -> None:
+        if case == "get":
+            for _ in range(REQUESTS):
+                client.get("/v1/models")
+        else:
+            for _ in range(REQUESTS):
+                client.post("/v1/chat/completions", json=PAYLOAD)
+
+    return run
+
+
+def _async_round(client: httpx.AsyncClient, loop: asyncio.AbstractEventLoop) -> Callable[[], None]:
+    async def many() -> None:
+        for _ in range(REQUESTS):
+            await client.post("/v1/chat/completions", json=PAYLOAD)
+
+    return lambda: loop.run_until_complete(many())
+
+
 KINDS = [pytest.param("bare", id="bare"), pytest.param("resilience", id="resilience")]
 
 
@@ -72,12 +92,7 @@ def test_transport_get(benchmark: BenchmarkFixture, kind: str) -> None:
     """``client.get`` × 1,000 through httpx.Client."""
     client = httpx.Client(transport=_transport(kind), base_url=BASE_URL)
     benchmark.extra_info["peer"] = kind
-
-    def run() -> None:
-        for _ in range(REQUESTS):
-            client.get("/v1/models")
-
-    benchmark.pedantic(run, rounds=ROUNDS, warmup_rounds=2)  # type: ignore[no-untyped-call]
+    benchmark.pedantic(_sync_round(client, "get"), rounds=ROUNDS, warmup_rounds=2)  # type: ignore[no-untyped-call]
     client.close()
 
 
@@ -87,12 +102,7 @@ def test_transport_post_model(benchmark: BenchmarkFixture, kind: str) -> None:
     """``client.post(json={"model": ...})`` × 1,000: the model is read from the body."""
     client = httpx.Client(transport=_transport(kind), base_url=BASE_URL)
     benchmark.extra_info["peer"] = kind
-
-    def run() -> None:
-        for _ in range(REQUESTS):
-            client.post("/v1/chat/completions", json=PAYLOAD)
-
-    benchmark.pedantic(run, rounds=ROUNDS, warmup_rounds=2)  # type: ignore[no-untyped-call]
+    benchmark.pedantic(_sync_round(client, "post"), rounds=ROUNDS, warmup_rounds=2)  # type: ignore[no-untyped-call]
     client.close()
 
 
@@ -103,14 +113,7 @@ def test_transport_async(benchmark: BenchmarkFixture, kind: str) -> None:
     loop = asyncio.new_event_loop()
     client = httpx.AsyncClient(transport=_transport(kind), base_url=BASE_URL)
     benchmark.extra_info["peer"] = kind
-
-    async def run() -> None:
-        for _ in range(REQUESTS):
-            await client.post("/v1/chat/completions", json=PAYLOAD)
-
-    benchmark.pedantic(  # type: ignore[no-untyped-call]
-        lambda: loop.run_until_complete(run()), rounds=ROUNDS, warmup_rounds=2
-    )
+    benchmark.pedantic(_async_round(client, loop), rounds=ROUNDS, warmup_rounds=2)  # type: ignore[no-untyped-call]
     loop.run_until_complete(client.aclose())
     loop.close()
 
@@ -160,26 +163,6 @@ def test_transport_threads(benchmark: BenchmarkFixture, kind: str) -> None:
 # -- happy path, interleaved with bare ------------------------------------------------------------
 
 INTERLEAVED_GROUP = "transport happy path, interleaved with bare (1000 requests)"
-
-
-def _sync_round(client: httpx.Client, case: str) -> Callable[[], None]:
-    def run() -> None:
-        if case == "get":
-            for _ in range(REQUESTS):
-                client.get("/v1/models")
-        else:
-            for _ in range(REQUESTS):
-                client.post("/v1/chat/completions", json=PAYLOAD)
-
-    return run
-
-
-def _async_round(client: httpx.AsyncClient, loop: asyncio.AbstractEventLoop) -> Callable[[], None]:
-    async def many() -> None:
-        for _ in range(REQUESTS):
-            await client.post("/v1/chat/completions", json=PAYLOAD)
-
-    return lambda: loop.run_until_complete(many())
 
 
 @pytest.mark.parametrize("case", ["get", "post", "async"])
