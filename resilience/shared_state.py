@@ -146,6 +146,9 @@ class SharedBreakerState:
         """Stop syncing; every breaker goes back to its own trial limit. The client is closed if owned."""
         task, self._task = self._task, None
         if task is not None:
+            # A cancellation can be swallowed under the sync (3.11's ``asyncio.wait_for``, which
+            # redis-py uses, returns its result when it finishes as the cancel comes): the loop
+            # also ends at its next turn, seeing that it is no longer the running sync.
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
         for sync in self._syncs.values():
@@ -175,9 +178,9 @@ class SharedBreakerState:
             yield
 
     async def _run(self) -> None:
-        wake = self._wake
+        wake, me = self._wake, asyncio.current_task()
         assert wake is not None
-        while True:
+        while self._task is me:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.refresh_seconds):
                     await wake.wait()

@@ -580,6 +580,56 @@ async def test_calls_never_wait_on_a_hung_redis(
         await wait_for(lambda: shared.healthy)
 
 
+class SwallowingRedis(redis.asyncio.Redis):
+    """A client whose pipeline fails at once, except once after ``hang`` is set: it waits, eating the cancel.
+
+    As Python 3.11's ``asyncio.wait_for`` (used by redis-py to send) does when the send
+    finishes as the cancel comes: the caller sees an error, not the ``CancelledError``.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hang, self.waiting = asyncio.Event(), asyncio.Event()
+
+    async def script_load(self, script: Any) -> str:
+        return "sha"
+
+    def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> Any:
+        client = self
+
+        class Pipeline:
+            def evalsha(self, *args: object) -> None:
+                pass
+
+            async def execute(self, raise_on_error: bool = True) -> list[Any]:
+                if client.hang.is_set():
+                    client.hang.clear()  # once
+                    client.waiting.set()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await asyncio.sleep(3600)
+                raise redis.exceptions.ConnectionError("no reply")
+
+        return Pipeline()
+
+
+@pytest.mark.anyio
+async def test_stop_ends_the_sync_even_when_a_cancel_is_swallowed_under_it(clock: FakeClock) -> None:
+    """``stop()`` returns although the library under the sync ate its cancellation."""
+    registry = ProviderRegistry(policy(), clock=clock)
+    registry.register(NAME)
+    client = SwallowingRedis()
+    shared = resilience.SharedBreakerState(
+        client, registry=registry, refresh_seconds=0.01, timeout_seconds=3600.0
+    )
+    await shared.start()
+    assert not shared.healthy
+    client.hang.set()
+    await client.waiting.wait()  # the background sync waits on "Redis"
+    async with asyncio.timeout(5):
+        await shared.stop()
+    assert not shared.running
+
+
 @uses_redis
 @pytest.mark.anyio
 async def test_metrics_and_dashboard_show_the_shared_state(
