@@ -178,10 +178,10 @@ class ProbeRunner:
         if self._tasks is not None:
             raise RuntimeError("these probes are already running")
         self._client = client = httpx.AsyncClient(transport=self._transport)
-        self._tasks = [
-            asyncio.create_task(self._loop(self.registry.get(name), probe, client), name=f"probe {name}")
-            for name, probe in self.registry.probes.items()
-        ]
+        self._tasks = tasks = []
+        for name, probe in self.registry.probes.items():
+            loop = self._loop(self.registry.get(name), probe, client, tasks)
+            tasks.append(asyncio.create_task(loop, name=f"probe {name}"))
         return self
 
     async def __aexit__(
@@ -189,7 +189,7 @@ class ProbeRunner:
     ) -> None:
         tasks, client = self._tasks or [], self._client
         self._tasks, self._client = None, None
-        for task in tasks:
+        for task in tasks:  # a transport may swallow the cancel: each loop also checks it still runs
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         if client is not None:
@@ -204,12 +204,16 @@ class ProbeRunner:
         async with self:
             yield
 
-    async def _loop(self, provider: Provider, probe: HttpProbe, client: httpx.AsyncClient) -> None:
+    async def _loop(
+        self, provider: Provider, probe: HttpProbe, client: httpx.AsyncClient, run: list[asyncio.Task[None]]
+    ) -> None:
         while True:
             try:
                 await probe.check(provider, client)
             except Exception:  # a probe must not die of a bug: log it and try again later
                 log.exception("probe of %r failed", provider.name)
+            if self._tasks is not run:  # stopped, though the check swallowed the cancel
+                return
             await self._sleep(probe.interval)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -281,3 +282,26 @@ async def test_dashboard_shows_probe_results_only_when_configured(clock: FakeClo
     }
     assert probed["probe"]["checked_at"].endswith("Z")
     assert "sk-secret" not in str(probed) and URL not in str(probed)
+
+
+async def test_leaving_ends_a_check_whose_transport_swallows_the_cancel(clock: FakeClock) -> None:
+    """A transport that eats the cancellation (returns an answer instead) still lets the runner stop."""
+    registry = ProviderRegistry(clock=clock)
+    probe = HttpProbe(URL, interval=10.0)
+    registry.register("openrouter", probe=probe)
+    waiting = asyncio.Event()
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        waiting.set()
+        # as 3.11's asyncio.wait_for does when its inner call finishes as the cancel comes
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(3600)
+        return httpx.Response(200)
+
+    runner = probes(registry, transport=httpx.MockTransport(handler), sleep=asyncio.sleep)
+    before = asyncio.all_tasks()
+    await runner.__aenter__()
+    await waiting.wait()
+    async with asyncio.timeout(5):
+        await runner.__aexit__(None, None, None)
+    assert asyncio.all_tasks() == before and probe.successes == 1
