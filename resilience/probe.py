@@ -178,7 +178,8 @@ class ProbeRunner:
         if self._tasks is not None:
             raise RuntimeError("these probes are already running")
         self._client = client = httpx.AsyncClient(transport=self._transport)
-        self._tasks = tasks = []
+        tasks: list[asyncio.Task[None]] = []
+        self._tasks = tasks
         for name, probe in self.registry.probes.items():
             loop = self._loop(self.registry.get(name), probe, client, tasks)
             tasks.append(asyncio.create_task(loop, name=f"probe {name}"))
