@@ -26,14 +26,13 @@ from resilience._context import RequestStats
 from resilience._context import _current as _request_stats
 from resilience._inspect import in_memory_body
 from resilience._provider import FOLD_BATCH, Provider
-from resilience._resolve import Resolver, model_from_body
+from resilience._resolve import BYTE_STREAM, Resolver, model_from_body
 from resilience._window import TimeWindow
 
 Admission: TypeAlias = tuple[Provider, str | None, TimeWindow | None, RequestStats | None, int, float]
 """A resolved and admitted first attempt: provider, model name, model window, the inbound
 request's totals, the breaker permit and the start time."""
 
-_ByteStream = httpx.ByteStream
 _USAGE = re.compile(b"usage").search
 _JSON_START = frozenset(b"{[")
 """First bytes of a JSON body: one without ``usage`` in it (or an empty one) has no cost to find."""
@@ -77,7 +76,7 @@ def recorded_plain(admission: Admission, response: httpx.Response) -> bool:
     if response.status_code >= provider.plain_below:
         return False
     stream = response.stream
-    if stream.__class__ is not _ByteStream:
+    if stream.__class__ is not BYTE_STREAM:
         return False
     try:
         body = stream._stream  # in_memory_body, inlined

@@ -28,7 +28,8 @@ _COMPACT = b'{"model":"'
 _COMPACT_LEN = len(_COMPACT)
 _MAX_COMPACT_NAME = 512
 """Longest model name read by the compact path; a longer one is found by the regex below."""
-_ByteStream = httpx.ByteStream
+BYTE_STREAM = httpx.ByteStream
+"""httpx's in-memory body stream, compared by class on the happy path."""
 
 
 class Resolver:
@@ -69,7 +70,7 @@ class Resolver:
 def model_from_body(request: httpx.Request) -> str | None:
     """The top-level ``"model"`` string of an in-memory JSON body, else ``None``; never raises."""
     stream = request.stream
-    if stream.__class__ is not _ByteStream:
+    if stream.__class__ is not BYTE_STREAM:
         if not isinstance(stream, httpx.ByteStream):
             return None  # streaming upload: never read it
         body = in_memory_body(stream)

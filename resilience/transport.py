@@ -7,7 +7,7 @@
 
 The transport is thin: which provider and model a request belongs to lives
 in :mod:`resilience._resolve`, the fused happy path in
-:mod:`resilience._happy`, the attempts and retries in
+:mod:`resilience._happy` (compiled when built, see :mod:`resilience._hot`), the attempts and retries in
 :mod:`resilience._call`, the recording response streams in
 :mod:`resilience._stream`.
 """
@@ -24,11 +24,14 @@ from resilience import _clock
 from resilience._call import AsyncSend, Call, SyncSend
 from resilience._clock import AsyncSleep, Sleep
 from resilience._errors import ConfigError
-from resilience._happy import admit_request, recorded_plain
+from resilience._hot import load
 from resilience._registry import ProviderRegistry
-from resilience._resolve import Resolver
 from resilience._retry import RetryBudget
 from resilience._stale import traceable
+
+HOT_PATH = load()
+"""The happy path in use: compiled by ``python -m resilience speedups`` when built and current, else pure."""
+admit_request, recorded_plain, Resolver = HOT_PATH.admit_request, HOT_PATH.recorded_plain, HOT_PATH.Resolver
 
 BUDGETS = "resilience.retry_budgets"
 """Key of the per-provider retry budgets in ``registry.extensions`` (shared by its transports)."""

@@ -13,6 +13,8 @@ from resilience import BreakerPolicy, Policy, ProviderRegistry, ResilientTranspo
 from resilience._breaker import CLOSED
 from resilience.testing import FakeClock
 
+pytestmark = pytest.mark.usefixtures("hot_path")  # the pure and the compiled happy path
+
 NO_RETRY = RetryPolicy(attempts=1)
 USAGE = json.dumps({"usage": {"cost": 0.25}}).encode()
 JSON = {"content-type": "application/json"}

@@ -24,7 +24,7 @@ from resilience._context import begin_request, end_request
 from resilience._retry import RetryBudget, backoff, parse_retry_after
 from resilience.testing import FakeClock
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("hot_path")]  # each happy path
 
 URL = "https://openrouter.ai/api/v1/chat/completions"
 MODES = [pytest.param("sync", id="sync"), pytest.param("async", id="async")]

@@ -23,7 +23,7 @@ from resilience import (
 )
 from resilience.testing import FakeClock
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("hot_path")]  # each happy path
 
 URL = "https://api.example.com/v1/stream"
 VIRTUAL_TIME = pytest.mark.parametrize(

@@ -25,7 +25,7 @@ from resilience._context import begin_request, end_request
 from resilience._resolve import MAX_BODY, model_from_body
 from resilience.testing import FakeClock
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("hot_path")]  # each happy path
 
 MODES = [pytest.param("sync", id="sync"), pytest.param("async", id="async")]
 NO_RETRY = Policy(retry=RetryPolicy(attempts=1))
