@@ -25,7 +25,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from report_layout import BARE, BASELINES, GOALS, LABELS, PEERS, SECTIONS, SHORT, Goal
+from report_layout import BARE, BASELINES, GOALS, INTERLEAVED_ORDER, LABELS, PEERS, SECTIONS, SHORT, Goal
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "benchmarks.md"
@@ -152,8 +152,8 @@ def interleaved_table(group: str, entries: list[Entry]) -> list[str]:
     n = per_op(group)
     lines = [f"| {group} | resilience min | bare min (same rounds) | × bare | over bare |",
              "|---|---:|---:|---:|---:|"]
-    for e in sorted(entries, key=lambda e: ("get", "post", "async").index(key(e)) if key(e) in
-                    ("get", "post", "async") else 3):
+    order = INTERLEAVED_ORDER
+    for e in sorted(entries, key=lambda e: order.index(key(e)) if key(e) in order else len(order)):
         ours, bare = e["stats"]["min"], e["extra_info"]["bare_min"]
         lines.append(f"| {label(group, e)} | {fmt_time(ours / n)} | {fmt_time(bare / n)} | "
                      f"**{ours / bare:.3f}×** | +{fmt_time(max(ours - bare, 0.0) / n)} |")
