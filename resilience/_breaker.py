@@ -194,7 +194,7 @@ class Breaker:
     ) -> None:
         """Count one attempt's result and move the state machine."""
         failed = self._is_failure(outcome)
-        if retry_after is not None and self.policy.open_on_retry_after:
+        if retry_after and self.policy.open_on_retry_after:  # a Retry-After of 0 asks for no wait
             self.open_for_locked(retry_after, now)
         if (permit | 1) != (self.permit | 1):
             return  # issued before the last transition
@@ -247,18 +247,26 @@ class Breaker:
     # -- transitions ---------------------------------------------------------
 
     def _trip_locked(self, now: float, retry_after: float | None = None) -> None:
-        seconds = min(self._open_s * self.policy.backoff_multiplier**self._trips, self._max_open_s)
-        if retry_after is not None and self.policy.open_on_retry_after:
+        seconds = self._open_seconds()
+        if seconds < self._max_open_s:
+            self._trips += 1  # past the cap the open time stops growing: so does the count
+        if retry_after and self.policy.open_on_retry_after:
             seconds = max(seconds, min(retry_after, self._max_retry_after_s))
-        self._trips += 1
         self._transition_locked(OPEN, now)
         self._open_until = now + seconds
 
+    def _open_seconds(self) -> float:
+        """``open_seconds × backoff_multiplier ** trips``, capped at ``max_open_seconds`` for any count."""
+        try:
+            return min(self._open_s * self.policy.backoff_multiplier**self._trips, self._max_open_s)
+        except OverflowError:  # a float power past 1e308 raises instead of giving inf
+            return self._max_open_s
+
     def open_for_locked(self, seconds: float, now: float) -> None:
         """Open (or stay open) for at least ``seconds``, as a ``Retry-After`` asks."""
-        if self._state is FORCED_OPEN or self._state is DISABLED:
-            return
-        until = now + min(max(0.0, seconds), self._max_retry_after_s)
+        if not seconds > 0 or self._state is FORCED_OPEN or self._state is DISABLED:
+            return  # a Retry-After of 0 (or a date past) asks for no wait: nothing to open for
+        until = now + min(seconds, self._max_retry_after_s)
         if self._state is not OPEN:
             self._transition_locked(OPEN, now)
             self._open_until = until

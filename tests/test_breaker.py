@@ -309,3 +309,31 @@ def test_count_based_window(clock: FakeClock) -> None:
     call(provider, "failure")
     call(provider, "failure")
     assert provider.state == "open"
+
+
+def test_open_time_stays_capped_after_any_number_of_trips(clock: FakeClock) -> None:
+    """2,000 trips in a row (more than a float power of 2 can hold) keep the open time at max_open_seconds."""
+    registry = ProviderRegistry(
+        Policy(breaker=BreakerPolicy(minimum_calls=1, open_seconds=1.0, max_open_seconds=5.0)), clock=clock
+    )
+    registry.register("p")
+    for trip in range(2000):
+        with pytest.raises(ValueError), registry.guard("p"):
+            raise ValueError("provider down")
+        assert registry.get("p").state == "open"
+        with pytest.raises(CircuitOpenError) as rejected:
+            registry.get("p").admit()
+        # 1, 2, 4, then 5 s for good
+        assert rejected.value.retry_after == pytest.approx(min(2.0 ** min(trip, 3), 5.0))
+        clock.advance(5.0)
+
+
+@pytest.mark.parametrize("retry_after", [0.0, -1.0])
+def test_retry_after_asking_no_wait_does_not_open(clock: FakeClock, retry_after: float) -> None:
+    """open_on_retry_after with a Retry-After of 0 (or a date past) leaves the breaker closed."""
+    provider = make(clock, open_on_retry_after=True)
+    provider.record(provider.admit(), "throttled", 0.01, retry_after=retry_after)
+    assert provider.state == "closed"
+    provider.open_for(0.0)
+    assert provider.state == "closed"
+    call(provider)  # and admits as before
