@@ -45,6 +45,8 @@ def parse_retry_after(value: str | None, *, now: Callable[[], float] | None = No
         text = value.strip()
         if text[:1].isdigit():
             seconds = float(text)
+            if seconds == math.inf and text.isdigit():
+                return math.inf  # valid delta-seconds too large for a float: beyond any cap
             return seconds if 0 <= seconds < math.inf else None
         when = email.utils.parsedate_to_datetime(text)
         if when.tzinfo is None:  # "-0000": UTC without a stated zone

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email.utils
+import math
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -108,7 +109,7 @@ async def send(
         pytest.param(email.utils.formatdate(NOW - 600, usegmt=True), 0.0, id="past-date-is-now"),
         pytest.param("Wed, 21 Oct 2015 07:28:00 -0000", 0.0, id="date-without-zone"),
         pytest.param("-1", None, id="negative"),
-        pytest.param("9" * 400, None, id="overflows-to-inf"),
+        pytest.param("9" * 400, math.inf, id="too-large-for-a-float-is-beyond-any-cap"),
         pytest.param("soon", None, id="garbage"),
         pytest.param("", None, id="empty"),
         pytest.param("Wed, 99 Foo 2015", None, id="bad-date"),
@@ -435,3 +436,28 @@ async def test_single_attempt_policy_never_retries(mode: str) -> None:
     assert (await send(mode, transport)).status_code == 503
     assert (len(upstream.requests), clock.sleeps) == (1, [])
     assert registry.get("openrouter").snapshot().retries_total == {}
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_retry_after_too_large_for_a_float_returns_at_once(mode: str) -> None:
+    """A Retry-After of 400 digits is beyond the cap like any huge one: returned at once, not retried."""
+    upstream = Upstream((429, {"retry-after": "9" * 400}), 200)
+    transport, _, clock = setup(upstream, RetryPolicy(attempts=3, max_retry_after_seconds=30.0))
+    response = await send(mode, transport)
+    assert response.status_code == 429
+    assert clock.sleeps == []
+    assert len(upstream.requests) == 1
+
+
+@pytest.mark.parametrize("anyio_backend", ["trio"])
+async def test_async_retries_wait_under_trio_by_default() -> None:
+    """Under trio the default async sleep works: a 503 then 200 is retried (no asyncio loop needed)."""
+    upstream = Upstream(503, 200)
+    registry = ProviderRegistry()
+    registry.register("openrouter", hosts=["openrouter.ai"],
+                      policy=Policy(retry=RetryPolicy(attempts=2, backoff_seconds=0.001, jitter=0.0)))
+    transport = ResilientTransport(registry, httpx.MockTransport(upstream))
+    async with httpx.AsyncClient(transport=transport) as client:
+        response = await client.post(URL, json={"model": "m"})
+    assert response.status_code == 200
+    assert len(upstream.requests) == 2
