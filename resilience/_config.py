@@ -44,6 +44,17 @@ def _seconds(name: str, value: object, *, allow_zero: bool = False) -> float:
     return seconds
 
 
+MIN_WINDOW_SECONDS = 0.001
+"""Shortest window accepted: a window is cut into buckets, so a tinier one overflows at request time."""
+
+
+def _window(name: str, value: object) -> float:
+    seconds = _seconds(name, value)
+    if seconds < MIN_WINDOW_SECONDS:
+        raise ConfigError(f"{name} must be at least {MIN_WINDOW_SECONDS:g} seconds, got {value!r}")
+    return seconds
+
+
 def _rate(name: str, value: object, *, allow_zero: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
         raise ConfigError(f"{name} must be a number, got {value!r}")
@@ -122,7 +133,7 @@ class BreakerPolicy:
              _rate("slow_call_rate_threshold", self.slow_call_rate_threshold))
         _set(self, "slow_call_seconds", _seconds("slow_call_seconds", self.slow_call_seconds))
         _count("minimum_calls", self.minimum_calls)
-        _set(self, "window_seconds", _seconds("window_seconds", self.window_seconds))
+        _set(self, "window_seconds", _window("window_seconds", self.window_seconds))
         if self.window_calls is not None:
             _count("window_calls", self.window_calls)
         if self.consecutive_failures is not None:
@@ -213,7 +224,7 @@ class RetryPolicy:
         _set(self, "budget_ratio", _rate("budget_ratio", self.budget_ratio, allow_zero=True))
         _count("budget_min_retries", self.budget_min_retries, minimum=0)
         _set(self, "budget_window_seconds",
-             _seconds("budget_window_seconds", self.budget_window_seconds))
+             _window("budget_window_seconds", self.budget_window_seconds))
         for name in ("retry_transport_errors", "respect_retry_after"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be a bool, got {getattr(self, name)!r}")
@@ -285,10 +296,12 @@ class Policy:
             raise ConfigError(f"throttled_is_failure must be a bool, got {self.throttled_is_failure!r}")
         if self.exception_outcome is not None and not callable(self.exception_outcome):
             raise ConfigError(f"exception_outcome must be callable, got {self.exception_outcome!r}")
-        for name in ("latency_slo_seconds", "stats_window_seconds", "first_byte_timeout", "idle_timeout"):
+        for name in ("latency_slo_seconds", "first_byte_timeout", "idle_timeout"):
             value = getattr(self, name)
             if value is not None:
                 _set(self, name, _seconds(name, value))
+        if self.stats_window_seconds is not None:
+            _set(self, "stats_window_seconds", _window("stats_window_seconds", self.stats_window_seconds))
         for name in ("healthy_score", "degraded_score"):
             value = getattr(self, name)
             if value is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
 
 import pybreaker
@@ -106,3 +107,17 @@ def test_retry_methods_normalised_upper_case() -> None:
     narrowed = RetryPolicy(retry_methods=["get"])  # type: ignore[arg-type]  # a list, normalised
     assert narrowed.retries_method("GET")
     assert not narrowed.retries_method("POST")
+
+
+@pytest.mark.parametrize(
+    ("make", "field"),
+    [
+        pytest.param(lambda: BreakerPolicy(window_seconds=1e-320), "window_seconds", id="breaker-window"),
+        pytest.param(lambda: RetryPolicy(budget_window_seconds=1e-320), "budget_window_seconds", id="budget"),
+        pytest.param(lambda: Policy(stats_window_seconds=1e-320), "stats_window_seconds", id="stats-window"),
+    ],
+)
+def test_windows_too_small_to_cut_into_buckets_are_refused(make: Callable[[], object], field: str) -> None:
+    """A window of 1e-320 s is a ConfigError naming the field, never an OverflowError at request time."""
+    with pytest.raises(ConfigError, match=field):
+        make()
