@@ -13,7 +13,7 @@ import threading
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from resilience._clock import Clock, monotonic, wall_now
+from resilience._clock import Clock, monotonic, steady, wall_now
 from resilience._config import Policy, ResolvedPolicy, resolve_policy
 from resilience._errors import ConfigError, UnknownProviderError
 from resilience._guard import Guard
@@ -38,6 +38,8 @@ class ProviderRegistry:
         default_policy: what every provider runs on, part by part, unless its
             own policy names a part.
         clock: monotonic seconds; the one time source of windows and breakers.
+            One that can step back (``time.time``) is read so that it never
+            does: a step back shows as no time passing.
         max_providers: cap on providers; hosts seen on the fly fill the slots
             explicit registrations leave, then fold into ``other``.
         max_models: cap on model names per provider; the rest fold into ``other``.
@@ -59,7 +61,7 @@ class ProviderRegistry:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
         self.default_policy = default_policy or Policy()
-        self.clock = clock
+        self.clock = steady(clock)  # a clock that steps back must not blind the windows
         self.max_providers = max_providers
         self.max_models = max_models
         self._default = resolve_policy(None, self.default_policy)

@@ -20,6 +20,9 @@ class FakeClock:
     advance it instead of waiting, so retry back-offs take no real time.
     """
 
+    monotonic = True
+    """It never goes back, so a registry reads it as it is (see ``ProviderRegistry(clock=...)``)."""
+
     def __init__(self, start: float = 0.0) -> None:
         self._now = float(start)
         self._lock = threading.Lock()

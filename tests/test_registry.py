@@ -260,3 +260,26 @@ def test_overlong_names_fold_into_other_and_are_counted(clock: FakeClock) -> Non
     registry = ProviderRegistry(clock=clock)
     assert registry.resolve("x" * 500).name == "other"
     assert registry.label_overflows == 1
+
+
+def test_a_clock_stepping_back_cannot_blind_the_breaker() -> None:
+    """A wall clock stepped back by more than the window (NTP, VM restore): failures still count and trip."""
+    now = [10_000.0]
+    registry = ProviderRegistry(
+        Policy(breaker=BreakerPolicy(minimum_calls=4, failure_rate_threshold=0.5, window_seconds=60.0)),
+        clock=lambda: now[0],
+    )
+    provider = registry.register("p")
+    provider.record(provider.admit(), "success", 0.01)
+    now[0] -= 3600.0  # one hour back
+    for _ in range(3):  # 3 failures in 4 calls: 75 % >= 50 %
+        provider.record(provider.admit(), "failure", 0.01)
+        now[0] += 0.5
+    assert provider.state == "open"
+    assert provider.snapshot().window.failures == 3
+    now[0] += 29.0  # time runs on from the latest reading: still within open_seconds (30 s)
+    with pytest.raises(CircuitOpenError):
+        provider.admit()
+    now[0] += 1.0
+    provider.release(provider.admit())  # the trial after open_seconds on that reading
+    assert provider.state == "half_open"
