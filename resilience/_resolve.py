@@ -23,7 +23,6 @@ MAX_BODY = 1 << 20
 """Largest request body searched for a ``"model"``."""
 
 _MODEL = re.compile(rb'"model"\s*:\s*"((?:[^"\\]|\\.)*)"')
-_MAX_MATCHES = 8
 _COMPACT = b'{"model":"'
 _COMPACT_LEN = len(_COMPACT)
 _MAX_COMPACT_NAME = 512
@@ -89,22 +88,17 @@ def model_from_body(request: httpx.Request) -> str | None:
                 return name.decode()
             except UnicodeDecodeError:
                 return None
-    for count, match in enumerate(_MODEL.finditer(body)):
-        if count == _MAX_MATCHES:
-            break
-        model = _top_level_model(body, match)
-        if model is not None:
-            return model
-    return None
+    match = _MODEL.search(body)
+    return None if match is None else _top_level_model(body, match)
 
 
 def _top_level_model(body: bytes, match: re.Match[bytes]) -> str | None:
-    """The model if the ``"model": "..."`` pair ``match`` is a key of the outermost object.
+    """The model if the first ``"model": "..."`` pair, ``match``, is a key of the outermost object.
 
     A body that opens with the pair (``{"model": ...``, as SDKs send it) is
-    read directly. Otherwise the body up to the pair, closed with ``}``, must
-    parse: a nested ``"model"`` leaves a bracket open. Only that prefix is
-    parsed, never the whole body.
+    read directly. Otherwise the whole body is parsed once and its top-level
+    ``"model"`` taken: at most one parse on any input (a crafted body with
+    many nested pairs cannot make it parse once per pair).
     """
     try:
         if body[: match.start()].strip() == b"{":
@@ -113,7 +107,7 @@ def _top_level_model(body: bytes, match: re.Match[bytes]) -> str | None:
                 return value.decode()
             model = json.loads(b'"' + value + b'"')
         else:
-            data = json.loads(body[: match.end()] + b"}")
+            data = json.loads(body)
             model = data.get("model") if isinstance(data, dict) else None
     except (ValueError, RecursionError):  # UnicodeDecodeError included; nested too deep to parse
         return None

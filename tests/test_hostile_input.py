@@ -324,3 +324,25 @@ def test_bad_costs_from_headers_and_extractors_are_rejected_and_counted(
     assert provider.errors == {kind: 1}
     assert provider.snapshot().requests_total["success"] == 1
     assert provider.cost_total == 0.0
+
+
+def test_model_detection_parses_a_crafted_body_at_most_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 1 MiB body with many nested "model" pairs costs at most one JSON parse, whatever its shape."""
+    import json
+
+    from resilience import _resolve
+
+    parses: list[int] = []
+    real = json.loads
+
+    def counting(data: Any, **kwargs: Any) -> Any:
+        parses.append(len(data))
+        return real(data, **kwargs)
+
+    monkeypatch.setattr(json, "loads", counting)
+    pad = b"x" * 1000
+    nested = b"".join(b'{"k%d": {"model": "nested-%d", "pad": "%s"}}, ' % (i, i, pad) for i in range(8))
+    body = b'{"messages": [' + nested.rstrip(b", ") + b'], "model": "top"}'
+    request = httpx.Request("POST", "https://p.test/v1", content=body + b" " * ((1 << 20) - len(body) - 1))
+    assert _resolve.model_from_body(request) == "top"
+    assert len(parses) <= 1
