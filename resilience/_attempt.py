@@ -79,8 +79,13 @@ class Attempt:
             self.done = True
             self.provider.orphan(self.permit)
 
-    def finish(self, *, failed: bool = False, complete: bool = True, costed: bool = True) -> None:
-        """Record the attempt once: outcome (``failure`` when ``failed``), duration, cost."""
+    def finish(
+        self, *, failed: bool = False, complete: bool = True, costed: bool = True, judged: bool = True
+    ) -> None:
+        """Record the attempt once: outcome (``failure`` when ``failed``), duration, cost.
+
+        ``judged=False`` (a cancelled stream) records it without a verdict for the breaker.
+        """
         if self.done:
             return
         self.done = True
@@ -88,7 +93,7 @@ class Attempt:
         problem = None
         if costed and self.inspector is not None:
             usage, problem = self.inspector.result(complete)
-        self._record(failed, costed, usage, problem)
+        self._record(failed, costed, usage, problem, judged)
 
     def finish_body(self, body: bytes) -> None:
         """Record a response whose body was already in memory."""
@@ -97,10 +102,10 @@ class Attempt:
         self.done = True
         assert self.response is not None
         usage, problem = whole_body_usage(self.response.headers, body)
-        self._record(False, True, usage, problem)
+        self._record(False, True, usage, problem, True)
 
     def _record(
-        self, failed: bool, costed: bool, usage: Mapping[str, Any] | None, problem: str | None
+        self, failed: bool, costed: bool, usage: Mapping[str, Any] | None, problem: str | None, judged: bool
     ) -> None:
         provider = self.provider
         try:
@@ -112,14 +117,14 @@ class Attempt:
             duration = now - self.start
             headers_at = self.headers_at  # set for streamed bodies only
             to_headers = None if headers_at is None else headers_at - self.start
-            if outcome == "success" and cost is NO_COST and to_headers is None:
+            if outcome == "success" and cost is NO_COST and to_headers is None and judged:
                 provider.record_success(self.permit, duration, now, self.model)
             else:
                 provider.record(
                     self.permit, outcome, duration, model=self.model, cost=cost.cost,
                     cost_unknown=cost.unknown, input_tokens=cost.input_tokens,
                     output_tokens=cost.output_tokens, retry_after=self.retry_after,
-                    time_to_headers=to_headers, now=now,
+                    time_to_headers=to_headers, now=now, judged=judged,
                 )
             stats = self.stats
             if stats is not None:

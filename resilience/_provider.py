@@ -21,7 +21,7 @@ import threading
 from collections import Counter, deque
 from itertools import accumulate
 
-from resilience import _health
+from resilience import _context, _health
 from resilience._breaker import CLOSED, DISABLED, HALF_OPEN, OPEN, Breaker
 from resilience._clock import Clock
 from resilience._config import OUTCOMES, ResolvedPolicy
@@ -190,6 +190,8 @@ class Provider:
         state = breaker._state
         if state is CLOSED or state is DISABLED:
             return breaker.permit
+        if state is HALF_OPEN and _context.holds(self):
+            return breaker.permit  # inside a guarded route's own trial: no second slot, no second verdict
         now = self.clock()
         with self._lock:
             orphans = self._orphans
@@ -248,18 +250,23 @@ class Provider:
         retry_after: float | None = None,
         time_to_headers: float | None = None,
         now: float | None = None,
+        judged: bool = True,
     ) -> None:
         """Record one attempt's outcome everywhere and move the breaker.
 
         ``duration`` is the whole attempt (to the end of a streamed body);
         ``time_to_headers``, for streamed responses, the time to the response
-        headers, kept in :attr:`headers_window`. ``retry_after`` is a
+        headers, kept in :attr:`headers_window`; a streamed attempt is
+        ``slow`` by it, never by its whole length. ``retry_after`` is a
         ``Retry-After`` the response carried (seconds), for ``open_on_retry_after``.
+        ``judged=False`` records the attempt in the windows and counters but
+        gives the breaker no verdict (the permit is released instead).
         """
         index = outcome_index(outcome)
         if now is None:
             now = self.clock()
-        slow = duration >= self._slow_s
+        # a stream's length is what the caller asked for: it is judged slow by its first response
+        slow = (duration if time_to_headers is None else time_to_headers) >= self._slow_s
         if cost is not None and not 0 <= cost <= MAX_ATTEMPT_COST_USD:  # NaN, < 0, inf, absurd
             cost, cost_unknown = None, True
             self.count_error("invalid_cost")
@@ -279,8 +286,12 @@ class Provider:
                 self.cost_total += cost
             if time_to_headers is not None:
                 self.headers_window.record(now, index, time_to_headers)
-            if index != REJECTED:
+            if index == REJECTED:
+                pass
+            elif judged:
                 self.breaker.on_result_locked(permit, index, slow, now, retry_after)
+            else:  # no verdict on the provider (a cancelled stream): its trial slot goes back
+                self.breaker.release_locked(permit)
         self.breaker.notify()
 
     def open_for(self, seconds: float) -> None:

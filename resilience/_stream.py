@@ -3,7 +3,10 @@
 Chunks pass through as they come (only the bounded cost inspection looks at
 them). The attempt is recorded exactly once: when the stream is exhausted
 (outcome by status), fails (``failure``), or is closed early (outcome by
-status: the caller chose to stop). httpx reads non-streamed bodies through
+status: the caller chose to stop). One cancelled mid-body (a client that
+left, ``wait_for``, a cancel scope) is recorded too, by its status and the
+usage seen so far, but gives the breaker no verdict: its half-open trial
+slot goes back. httpx reads non-streamed bodies through
 the same wrapper, so ``client.get(...)`` is covered too.
 
 Streaming timeouts, from the provider's policy, are measured from the moment
@@ -84,8 +87,8 @@ class SyncRecordingStream(httpx.SyncByteStream):
         except Exception:
             attempt.finish(failed=True, complete=False)
             raise
-        except BaseException:
-            attempt.release()
+        except BaseException:  # cancelled mid-body: recorded by its status, no verdict on the provider
+            attempt.finish(complete=False, judged=False)
             raise
         attempt.finish()
 
@@ -139,8 +142,8 @@ class AsyncRecordingStream(httpx.AsyncByteStream):
         except Exception:
             attempt.finish(failed=True, complete=False)
             raise
-        except BaseException:
-            attempt.release()
+        except BaseException:  # cancelled mid-body: recorded by its status, no verdict on the provider
+            attempt.finish(complete=False, judged=False)
             raise
         attempt.finish()
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gc
 import inspect
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -244,10 +246,11 @@ async def test_cancelled_stream_frees_the_half_open_slot() -> None:
             async with client.stream("GET", URL) as response:
                 async for _ in response.aiter_raw():
                     pass
-        assert provider.state == "half_open"
+        assert provider.state == "half_open"  # recorded, but no verdict: the slot went back
+        assert totals(registry) == {"success": 1}  # the cancelled stream, by its status
         body.before = None
         assert (await client.get(URL)).status_code == 200
-    assert totals(registry) == {"success": 1}
+    assert totals(registry) == {"success": 2}
     assert provider.state == "closed"
 
 
@@ -274,4 +277,65 @@ def test_abandoned_stream_gives_its_half_open_slot_back() -> None:
         del response
         gc.collect()
         assert client.get("https://p.test/again").status_code == 200
+    assert provider.state == "closed"
+
+
+def sse_usage_then_hang() -> Upstream:
+    """An SSE body whose first event carries usage (cost 0.25), whose second never comes."""
+    first = b'data: {"usage": {"prompt_tokens": 3, "completion_tokens": 4, "cost": 0.25}}\n\n'
+    return Upstream([first, b"data: [DONE]\n\n"], before=lambda i: anyio.sleep_forever() if i == 1 else None)
+
+
+@VIRTUAL_TIME
+async def test_stream_cancelled_after_headers_is_recorded_with_its_cost() -> None:
+    """A read cut by a cancel scope (wait_for, a client that left) still records the call and its cost."""
+    transport, registry, _ = setup(sse_usage_then_hang())
+    async with httpx.AsyncClient(transport=transport) as client:
+        with anyio.move_on_after(0.3):
+            async with client.stream("POST", URL, json={"model": "m"}) as response:
+                async for _ in response.aiter_raw():
+                    pass
+    snapshot = registry.get("example").snapshot()
+    assert totals(registry) == {"success": 1}
+    assert snapshot.cost_total == pytest.approx(0.25)
+    assert snapshot.window.input_tokens == 3 and snapshot.window.output_tokens == 4
+
+
+async def test_stream_task_cancelled_mid_body_is_recorded_and_frees_the_trial() -> None:
+    """asyncio: a task cancelled while reading records its attempt and gives the half-open slot back."""
+    policy = Policy(breaker=BreakerPolicy(open_seconds=5.0))
+    transport, registry, clock = setup(sse_usage_then_hang(), policy=policy)
+    provider = registry.get("example")
+    provider.open_for(5.0)
+    clock.advance(5.0)
+    got_first = anyio.Event()
+
+    async def read(client: httpx.AsyncClient) -> None:
+        async with client.stream("POST", URL, json={"model": "m"}) as response:
+            async for _ in response.aiter_raw():
+                got_first.set()
+
+    async with httpx.AsyncClient(transport=transport) as client:
+        task = asyncio.ensure_future(read(client))
+        await got_first.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert totals(registry) == {"success": 1}
+    assert registry.get("example").snapshot().cost_total == pytest.approx(0.25)
+    assert provider.state == "half_open"  # no verdict from a cancelled stream ...
+    provider.release(provider.admit())  # ... and its trial slot is free again
+
+
+def test_long_healthy_streams_are_not_slow() -> None:
+    """Twelve concurrent 90-second streams with fast headers are not slow (judged at headers): no trip."""
+    transport, registry, clock = setup(Upstream([b"data: 1\n\n", b"data: 2\n\n"]))
+    with httpx.Client(transport=transport) as client, contextlib.ExitStack() as streams:
+        responses = [streams.enter_context(client.stream("GET", URL)) for _ in range(12)]
+        clock.advance(90.0)  # what the callers asked for: long answers
+        for response in responses:
+            response.read()
+    provider = registry.get("example")
+    assert provider.snapshot().requests_total["success"] == 12
+    assert provider.snapshot().window.slow == 0
     assert provider.state == "closed"
