@@ -30,6 +30,8 @@ class RequestStats:
     cost_usd: float = 0.0
     providers: set[str] = field(default_factory=set)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    _holding: object = field(default=None, repr=False, compare=False)
+    """The provider whose permit the whole inbound request holds (``provider_for``), if any."""
 
     def add_attempt(self, provider: str, *, cost: float | None = None, retry: bool = False) -> None:
         """Count one attempt that reached ``provider``."""
@@ -70,3 +72,17 @@ def begin_request() -> tuple[RequestStats, Token[RequestStats | None]]:
 def end_request(token: Token[RequestStats | None]) -> None:
     """Close what :func:`begin_request` opened."""
     _current.reset(token)
+
+
+def holds(provider: object) -> bool:
+    """Whether the inbound request being handled holds a permit of ``provider`` (its route's guard).
+
+    Its inner calls to that provider then ride on that permit: a half-open
+    breaker's one trial slot is the route's, and the calls made inside it
+    must not be refused for it.
+    """
+    if not opened:
+        return False
+    stats = _current.get()
+    return stats is not None and stats._holding is provider
+

@@ -27,9 +27,11 @@ import math
 import secrets
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from http import HTTPStatus
 from importlib import resources
 from typing import Any
 
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route, Router
@@ -54,8 +56,9 @@ def dashboard_router(registry: ProviderRegistry, *, auth: Auth | None = None) ->
     Args:
         registry: whose providers to show.
         auth: ``request -> bool`` (or an awaitable of it), asked on every
-            request; anything but ``True`` answers ``401``, an exception
-            ``500`` (logged), both with nothing but a short JSON error.
+            request; anything but ``True`` answers ``401``, a Starlette
+            ``HTTPException`` its own status (e.g. ``403``), another exception
+            ``500`` (logged), all with nothing but a short JSON error.
     """
     if not isinstance(registry, ProviderRegistry):
         raise ConfigError(f"registry must be a ProviderRegistry, got {registry!r}")
@@ -89,12 +92,25 @@ async def _deny(auth: Auth | None, request: Request) -> Response | None:
         allowed = auth(request)
         if inspect.isawaitable(allowed):
             allowed = await allowed
+    except HTTPException as exc:  # Starlette's way to deny: its status (and headers) are honoured
+        return _denied(exc)
     except Exception:
         log.exception("dashboard auth raised")
         return JSONResponse({"error": "internal error"}, status_code=500, headers=NO_STORE)
     if allowed is True:
         return None
     return JSONResponse({"error": "unauthorized"}, status_code=401, headers=NO_STORE)
+
+
+def _denied(exc: HTTPException) -> Response:
+    """The answer to an ``HTTPException`` raised by ``auth``: its status, a short phrase, no detail."""
+    status = exc.status_code
+    try:
+        phrase = HTTPStatus(status).phrase.lower()
+    except ValueError:
+        phrase = "error"
+    headers = {**(exc.headers or {}), **NO_STORE}
+    return JSONResponse({"error": phrase}, status_code=status, headers=headers)
 
 
 def _json(payload: dict[str, Any]) -> Response:

@@ -38,6 +38,8 @@ ProviderFor = Callable[[Scope], "str | None"]
 ATTEMPTS_HEADER = b"x-resilience-attempts"
 COST_HEADER = b"x-resilience-cost-usd"
 _MAX_CHAIN = 64
+MAX_RETRY_AFTER = 86_400
+"""Largest ``Retry-After`` the middleware answers with (one day)."""
 
 
 class ResilienceMiddleware:
@@ -147,6 +149,7 @@ class _Exchange:
             await self.reject(exc)
             return False
         self.start_time = provider.clock()
+        self.stats._holding = provider  # the calls the route makes to it ride on this permit
         return True
 
     async def receive(self) -> Message:
@@ -210,7 +213,7 @@ class _Exchange:
 
     async def reject(self, exc: CircuitOpenError) -> None:
         """Answer ``503`` for an open circuit."""
-        retry_after = max(1, math.ceil(exc.retry_after))
+        retry_after = retry_after_header(exc.retry_after)
         body = json.dumps(
             {"error": {"type": "circuit_open", "provider": exc.provider, "retry_after": retry_after}}
         ).encode()
@@ -226,6 +229,16 @@ class _Exchange:
         self.started = True
         await self._send(start)
         await self._send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def retry_after_header(seconds: float) -> int:
+    """Whole seconds for a ``Retry-After`` header: at least 1, at most :data:`MAX_RETRY_AFTER`.
+
+    A user's ``CircuitOpenError(retry_after=inf)`` (or NaN) gets the cap, never a 500.
+    """
+    if not seconds < MAX_RETRY_AFTER:  # inf and NaN included
+        return MAX_RETRY_AFTER
+    return max(1, math.ceil(seconds))
 
 
 def _with_headers(message: MutableMapping[str, Any], stats: RequestStats) -> Message:

@@ -12,6 +12,7 @@ import pytest
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.routing import Mount
 
@@ -328,3 +329,17 @@ async def test_spec_wiring_as_written(framework: str) -> None:
     models = (await get(app, "/ops/models/stats?provider=openrouter")).json()["models"]
     assert [(m["model"], m["cost_usd"]) for m in models] == [("gpt-4o", 0.01)]
     assert (await get(app, "/ops/health/dashboard/ui")).status_code == 200
+
+
+@pytest.mark.parametrize("status", [401, 403])
+async def test_auth_raising_http_exception_gets_its_status(clock: FakeClock, status: int) -> None:
+    """An auth that raises Starlette's HTTPException(403) answers 403 (with its headers), not 500."""
+
+    def forbid(request: Request) -> bool:
+        raise HTTPException(status, detail="secret detail", headers={"WWW-Authenticate": "Bearer"})
+
+    response = await get(mounted(busy_registry(clock), auth=forbid), "/ops/health/dashboard")
+    assert response.status_code == status
+    assert response.headers["www-authenticate"] == "Bearer"
+    assert "secret detail" not in response.text
+    assert "openrouter" not in response.text

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -18,7 +19,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 import resilience
 from resilience import BreakerPolicy, CircuitOpenError, Policy, ProviderRegistry, ResilienceMiddleware
-from resilience.middleware import find_circuit_open
+from resilience.middleware import MAX_RETRY_AFTER, find_circuit_open
 from resilience.testing import FakeClock
 
 pytestmark = pytest.mark.anyio
@@ -539,3 +540,35 @@ def test_guarded_route_reads_retry_after_dates_too() -> None:
     assert _retry_after([(b"retry-after", b"Wed, 21 Oct 2015 07:28:00 GMT")]) == 0.0
     assert _retry_after([(b"retry-after", b"soon")]) is None
     assert _retry_after([(b"content-type", b"text/plain")]) is None
+
+
+async def test_unbounded_retry_after_is_capped_not_a_500() -> None:
+    """A user's CircuitOpenError(retry_after=inf) still answers 503 with a capped whole-second Retry-After."""
+    async with client_for(wrap(raising(lambda: CircuitOpenError("openrouter", math.inf)))) as client:
+        response = await client.get("/")
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == str(MAX_RETRY_AFTER)
+    assert response.json()["error"]["retry_after"] == MAX_RETRY_AFTER
+
+
+async def test_guarded_route_calling_its_own_provider_in_half_open_closes_it() -> None:
+    """provider_for on a route whose handler calls the same provider through the transport: the inner
+    call rides on the route's trial slot, is served, and the route's success closes the breaker."""
+    clock = FakeClock()
+    registry = ProviderRegistry(clock=clock)
+    provider = half_open(registry, clock)
+    upstream = httpx.MockTransport(lambda request: httpx.Response(200, json={"ok": True}))
+    inner = httpx.AsyncClient(transport=resilience.ResilientTransport(registry, transport=upstream))
+
+    async def endpoint(request: Request) -> Response:
+        answer = await inner.post("https://openrouter.ai/api/v1/chat", extensions={"provider": "openrouter"})
+        return PlainTextResponse(answer.text, status_code=answer.status_code)
+
+    async with client_for(guarded(Starlette(routes=[Route("/llm", endpoint)]), registry)) as client:
+        response = await client.get("/llm")
+        assert response.status_code == 200
+        assert provider.state == "closed"
+        assert (await client.get("/llm")).status_code == 200
+    await inner.aclose()
+    assert provider.snapshot().requests_total["success"] == 4  # two routes, two inner calls
+    assert provider.snapshot().requests_total["rejected"] == 0
