@@ -8,6 +8,12 @@ replica's half-open trial leases. The replica then adopts a shared state
 newer than the one it last saw, unless a local transition happened meanwhile
 (that one is published by the next sync instead).
 
+A version means something only together with the hash's ``epoch``, a random
+token written when the hash is created: a Redis that restarted empty counts
+versions from 1 again, so the script compares-and-sets both, and a replica
+adopts a shared state whose version or epoch differs from the one it saw. A
+publication made against the lost hash competes by the rules below.
+
 A publication whose ``version`` is stale (another replica published first)
 still wins when its kind says so: ``manual`` control (force open, disable,
 reset) always; a ``trip`` over ``closed``, ``half_open`` or ``open`` (a
@@ -30,15 +36,17 @@ from resilience._window import REJECTED
 log = logging.getLogger("resilience")
 
 SYNC_SCRIPT = """
--- KEYS[1]: the provider's state hash {state, open_until, version, origin, updated, lease_seq}
+-- KEYS[1]: the provider's state hash {state, open_until, version, epoch, origin, updated, lease_seq}
 -- KEYS[2]: its half-open trial leases, a sorted set of '<replica>|<n>' scored by expiry (server time)
--- ARGV: kind, expected_version, state, open_until, replica, now, want, max_trials, lease_seconds
+-- ARGV: kind, expected_version, state, open_until, replica, now, want, max_trials, lease_seconds,
+--       expected_epoch, new_epoch (the hash's epoch if this call creates it)
 local kind, expected = ARGV[1], tonumber(ARGV[2])
-local cur = redis.call('HMGET', KEYS[1], 'state', 'open_until', 'version')
-local state, open_until, version = cur[1], cur[2], tonumber(cur[3]) or 0
+local cur = redis.call('HMGET', KEYS[1], 'state', 'open_until', 'version', 'epoch')
+local state, open_until, version, epoch = cur[1], cur[2], tonumber(cur[3]) or 0, cur[4] or ''
 local apply = not state
+if apply then epoch = ARGV[11] end  -- a new hash (first use, or Redis lost it): versions restart
 if kind ~= 'none' and not apply then
-  if version == expected or kind == 'manual' then
+  if (version == expected and epoch == ARGV[10]) or kind == 'manual' then
     apply = true
   elseif kind == 'trip' then
     apply = state == 'closed' or state == 'half_open' or state == 'open'
@@ -55,7 +63,7 @@ if apply then
   version = version + 1
   state, open_until, applied = ARGV[3], new_until, 1
   redis.call('HSET', KEYS[1], 'state', state, 'open_until', open_until, 'version', version,
-             'origin', ARGV[5], 'updated', ARGV[6])
+             'epoch', epoch, 'origin', ARGV[5], 'updated', ARGV[6])
 end
 local want, max_trials = tonumber(ARGV[7]), tonumber(ARGV[8])
 local time = redis.call('TIME')  -- leases run on the server's clock: replicas' clocks may differ
@@ -76,7 +84,7 @@ end
 local lease_until = server_now + tonumber(ARGV[9])
 for _, member in ipairs(mine) do redis.call('ZADD', KEYS[2], lease_until, member) end
 if #mine > 0 then redis.call('PEXPIRE', KEYS[2], math.ceil(tonumber(ARGV[9]) * 1000)) end
-return {applied, version, state, open_until or '', #mine}
+return {applied, version, state, open_until or '', #mine, epoch}
 """
 """Publish (compare-and-set with the rules above), read back, and lease trial slots, atomically."""
 
@@ -118,6 +126,7 @@ class ProviderSync:
         self.synced_generation = breaker.generation  # local and shared agreed at this generation
         self.synced_state: str = breaker._state
         self.seen_version = -1  # the shared version last seen; -1: none yet (adopt it)
+        self.seen_epoch = ""  # the epoch of the hash that version belongs to
         self.last: tuple[str, str] | None = None  # the last transition a hook reported
         self.leases = 0
         self._rejected = self._attempts = self._unmet = 0
@@ -174,20 +183,22 @@ class ProviderSync:
     def settle(self, plan: Plan, reply: list[Any], clock: Clock, wall: Clock) -> None:
         """Take the script's answer: note a publication, adopt a newer shared state, set the leases."""
         applied, version, state, until = int(reply[0]), int(reply[1]), _text(reply[2]), _float(reply[3])
+        seen = (version, _text(reply[5]))
         if applied:
-            self.seen_version, self.synced_generation, self.synced_state = version, plan.generation, state
+            (self.seen_version, self.seen_epoch), self.synced_generation = seen, plan.generation
+            self.synced_state = state
             if state == OPEN and until > plan.open_until:  # another trip's later reopening was kept
-                self.adopt(state, until, version, plan.generation, clock, wall)
-        elif version != self.seen_version:
-            self.adopt(state, until, version, plan.generation, clock, wall)
+                self.adopt(state, until, seen, plan.generation, clock, wall)
+        elif seen != (self.seen_version, self.seen_epoch):  # newer, or of a hash Redis re-created
+            self.adopt(state, until, seen, plan.generation, clock, wall)
         self.leases = int(reply[4])
         self.provider.breaker.trial_limit = self.leases
         self._unmet = max(0, plan.want - self.leases)
 
     def adopt(
-        self, state: str, open_until: float, version: int, generation: int, clock: Clock, wall: Clock
+        self, state: str, open_until: float, seen: tuple[int, str], generation: int, clock: Clock, wall: Clock
     ) -> bool:
-        """Apply a shared state locally, unless the breaker moved since ``generation``."""
+        """Apply a shared state (``seen``: version, epoch) unless the breaker moved since ``generation``."""
         if state not in STATES:
             log.warning("shared breaker state of %r is %r, not a state; ignored", self.provider.name, state)
             return False
@@ -198,7 +209,7 @@ class ProviderSync:
             now = clock()
             breaker.apply_remote_locked(state, now + (open_until - wall()), now)
             self.synced_generation = breaker.generation
-        self.seen_version, self.synced_state = version, state
+        (self.seen_version, self.seen_epoch), self.synced_state = seen, state
         breaker.notify()
         return True
 

@@ -220,11 +220,12 @@ class SharedBreakerState:
         clock, wall = self.registry.clock, self.wall_clock
         now, wall_now = clock(), wall()
         plans = [sync.plan(now, wall_now) for sync in self._provider_syncs()]
-        replies = await self._send(plans, wall_now)
+        replies = await self._send(plans, wall_now, secrets.token_hex(8))
         for plan, reply in zip(plans, replies, strict=True):
             plan.sync.settle(plan, reply, clock, wall)
 
-    async def _send(self, plans: list[Plan], wall_now: float) -> list[Any]:
+    async def _send(self, plans: list[Plan], wall_now: float, epoch: str) -> list[Any]:
+        """Run the script for every plan in one round trip; ``epoch`` is for the hashes it creates."""
         from redis.exceptions import NoScriptError
 
         for _attempt in range(2):
@@ -232,7 +233,8 @@ class SharedBreakerState:
                 self._sha = _text(await self._client.script_load(SYNC_SCRIPT))
             pipe = self._client.pipeline(transaction=False)
             for plan in plans:
-                pipe.evalsha(self._sha, 2, *self._keys(plan.sync.provider.name), *self._args(plan, wall_now))
+                keys, args = self._keys(plan.sync.provider.name), self._args(plan, wall_now)
+                pipe.evalsha(self._sha, 2, *keys, *args, epoch)
             replies: list[Any] = await pipe.execute(raise_on_error=False)
             if not any(isinstance(reply, NoScriptError) for reply in replies):
                 break
@@ -250,7 +252,7 @@ class SharedBreakerState:
         return (
             plan.kind, sync.seen_version, plan.state, repr(plan.open_until), self.replica_id,
             repr(wall_now), plan.want, sync.provider.policy.breaker.half_open_max_calls,
-            repr(self.lease_seconds),
+            repr(self.lease_seconds), sync.seen_epoch,
         )
 
     def _unavailable(self, exc: Exception) -> None:

@@ -513,6 +513,48 @@ async def test_redis_down_runs_on_local_state_and_recovers(
         assert a.state == "closed"
 
 
+@pytest.mark.parametrize(
+    "killed",
+    [pytest.param(True, id="killed-trip-during-outage"), pytest.param(False, id="flushed-trip-after")],
+)
+@uses_redis
+@pytest.mark.anyio
+async def test_a_trip_published_into_a_fresh_redis_reaches_a_replica_that_saw_its_version(
+    own_server: RedisServer, clock: FakeClock, prefix: str, killed: bool
+) -> None:
+    """Redis loses its data; A's trip re-creates the hash at version 1, which B saw before: B adopts it."""
+    async with pair(own_server, clock, prefix) as (a, b, shared_a, shared_b):
+        await sync(shared_a, shared_b)  # closed, version 1, seen by both
+        if killed:
+            own_server.stop()
+            assert not await shared_a.sync_once() and not await shared_b.sync_once()
+            trip(a)
+            own_server.start()  # same port, empty
+        else:
+            await shared_a._client.flushall()
+            trip(a)
+        await sync(shared_a, shared_b)  # A first: its trip is version 1 of the new hash
+        assert b.state == "open" and rejected(b) is not None
+        a.reset()
+        await sync(shared_a, shared_b)
+        assert b.state == "closed" and rejected(b) is None
+
+
+@uses_redis
+@pytest.mark.anyio
+async def test_a_change_made_against_a_lost_redis_follows_the_conflict_rules(
+    own_server: RedisServer, clock: FakeClock, prefix: str
+) -> None:
+    """After a FLUSHALL, B's trip (expecting version 1) does not undo A's force_open, also at version 1."""
+    async with pair(own_server, clock, prefix) as (a, b, shared_a, shared_b):
+        await sync(shared_a, shared_b)
+        await shared_a._client.flushall()
+        a.force_open()
+        trip(b)
+        await sync(shared_a, shared_b, shared_a)
+        assert (a.state, b.state) == ("forced_open", "forced_open")
+
+
 @uses_redis
 @pytest.mark.anyio
 async def test_a_flushed_script_cache_is_reloaded_without_a_failure(
