@@ -90,7 +90,7 @@ class Call:
     # -- sending, with the stale-connection resend -----------------------------
 
     def send_sync(self, send: SyncSend, traced: bool) -> httpx.Response:
-        """Send once; resend once at once if a stale pooled connection failed it."""
+        """Send once; resend once at once if a pooled connection died before the request was written whole."""
         if not traced:
             return send(self.request)  # no pool of ours behind it: nothing to tell
         return send_watching_sync(send, self.request, self.may_resend)
@@ -102,7 +102,7 @@ class Call:
         return await send_watching_async(send, self.request, self.may_resend)
 
     def may_resend(self) -> bool:
-        """A stale connection failed the request: resend it (once per call, replayable bodies only)?"""
+        """The request provably never reached the provider whole: resend it (once a call, replayable only)?"""
         if self.stale_done or not isinstance(self.request.stream, httpx.ByteStream):
             return False
         self.stale_done = True

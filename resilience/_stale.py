@@ -1,14 +1,35 @@
-"""Stale pooled connections: the pool's fault, not the provider's.
+"""Dead pooled connections: resend only what provably never reached the provider whole.
 
-A keep-alive connection the server closed while it sat idle in the pool
-fails the next request sent on it before any response byte arrives
-(typically ``RemoteProtocolError: Server disconnected without sending a
-response``). Such a request never reached the application, so it is resent
-once at once on a fresh connection, whatever the retry policy says, and is
-not recorded against the provider.
+An idle keep-alive connection the server closed is the pool's business:
+httpcore's pool tests every idle connection before handing it out
+(``has_expired()``: the keep-alive expiry, and a socket readable while idle,
+which can only be the server's EOF) and opens a fresh one instead. Nothing
+of ours is needed, and nothing is recorded.
 
-Telling a reused connection from a fresh one needs httpcore's ``trace``
-extension: a request that opened no connection went out on a pooled one.
+What is left reaches us as a request that failed, before any response, on a
+connection taken from the pool. From the client that looks the same whether
+the server hung up an instant before the request arrived or read the request,
+worked on it and then dropped the connection (a crash, a deploy, a proxy
+timeout): both end in ``Server disconnected without sending a response``. The
+second may have been billed. So the rule is what httpcore's ``trace``
+extension proves, not what is likely:
+
+* **resent** (once, at once, whatever the retry policy says, not recorded
+  against the provider): the connection was reused (no ``connection.connect_*``
+  event) and the request was not written whole (no
+  ``*.send_request_body.complete`` event: writing the headers or the body
+  failed, an error httpcore swallows to read a possible early response). A
+  write fails only once the peer's TCP has refused the connection, and then
+  the provider never received the request's last byte: no application
+  answers, or bills, a request it never received whole.
+* **a failure** like any other (recorded, retried only if the retry policy
+  allows; with ``attempts=1`` never): everything else, including a request
+  written whole on a reused connection and then dropped. A server closing an
+  idle connection just as our request went out (its FIN crossing the request)
+  is indistinguishable from one that read it and dropped, and is counted so;
+  so is a write cut short that only the read reports (asyncio buffers writes,
+  so on async transports a dead connection mostly shows up that way).
+
 The tracer is installed only on httpx's own transports (the ones backed by
 httpcore) and calls any ``trace`` the caller gave.
 """
@@ -21,29 +42,32 @@ from typing import Any
 import httpx
 
 STALE_ERRORS = (httpx.RemoteProtocolError, httpx.ConnectError, httpx.ReadError, httpx.WriteError)
-"""Errors a stale connection shows up as."""
+"""Errors a dead connection shows up as."""
 
 
 class Tracer:
     """Watches httpcore's trace events of one request (sync)."""
 
-    __slots__ = ("connected", "responded", "user")
+    __slots__ = ("connected", "user", "written")
 
     def __init__(self, user: Callable[[str, dict[str, Any]], Any] | None) -> None:
         self.user = user
-        self.connected = False
-        self.responded = False
+        self.connected = self.written = False
 
     def see(self, name: str) -> None:
         """Note one event name."""
         if name.startswith("connection.connect_"):
             self.connected = True
-        elif name.endswith("receive_response_headers.complete"):
-            self.responded = True
+        elif name.endswith(".send_request_body.complete"):  # response headers come only after it
+            self.written = True
 
     def stale(self, exc: Exception) -> bool:
-        """Whether ``exc`` came from a reused connection before any response."""
-        return isinstance(exc, STALE_ERRORS) and not self.connected and not self.responded
+        """Whether ``exc`` failed the request on a reused connection before it was written whole."""
+        return isinstance(exc, STALE_ERRORS) and not (self.connected or self.written)
+
+    def again(self) -> None:
+        """Forget the failed send: the resend is watched afresh."""
+        self.connected = self.written = False
 
     def __call__(self, name: str, info: dict[str, Any]) -> Any:
         self.see(name)
@@ -76,7 +100,7 @@ def send_watching_sync(
     request: httpx.Request,
     may_resend: Callable[[], bool],
 ) -> httpx.Response:
-    """Send with a tracer; if a stale pooled connection failed it and ``may_resend()``, send again."""
+    """Send with a tracer; send again if it provably never reached the provider whole and ``may_resend()``."""
     extensions = request.extensions
     user = extensions.get("trace")
     tracer = extensions["trace"] = Tracer(user)
@@ -86,7 +110,7 @@ def send_watching_sync(
         except STALE_ERRORS as exc:
             if not (tracer.stale(exc) and may_resend()):
                 raise
-        tracer.connected = tracer.responded = False
+        tracer.again()
         return send(request)
     finally:
         _restore(extensions, user)
@@ -107,7 +131,7 @@ async def send_watching_async(
         except STALE_ERRORS as exc:
             if not (tracer.stale(exc) and may_resend()):
                 raise
-        tracer.connected = tracer.responded = False
+        tracer.again()
         return await send(request)
     finally:
         _restore(extensions, user)

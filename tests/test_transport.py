@@ -499,18 +499,31 @@ class Pooled(httpx.HTTPTransport):
         return httpx.Response(200)
 
 
-REUSED = ["http11.send_request_headers.started", "http11.receive_response_headers.started"]
-FRESH = ["connection.connect_tcp.started", "connection.connect_tcp.complete", *REUSED]
+HEADERS = ["http11.send_request_headers.started", "http11.send_request_headers.complete"]
+BODY_CUT = ["http11.send_request_body.started", "http11.send_request_body.failed"]
+READ = ["http11.receive_response_headers.started", "http11.receive_response_headers.failed"]
+CUT = [*HEADERS, *BODY_CUT, *READ]
+"""httpcore's events of a request whose body write failed (swallowed), then the read."""
+WHOLE = [*HEADERS, "http11.send_request_body.started", "http11.send_request_body.complete", *READ]
+"""httpcore's events of a request written whole, then failed reading the response."""
+FRESH = ["connection.connect_tcp.started", "connection.connect_tcp.complete"]
 DISCONNECTED = httpx.RemoteProtocolError("Server disconnected without sending a response.")
 
 
 @pytest.mark.parametrize(
     ("first", "sent", "outcomes", "retries"),
     [
-        pytest.param((REUSED, DISCONNECTED), 2, {"success": 1}, {"stale_connection": 1}, id="reused-resent"),
-        pytest.param((FRESH, DISCONNECTED), 1, {"failure": 1}, {}, id="fresh-is-a-failure"),
+        pytest.param((CUT, DISCONNECTED), 2, {"success": 1}, {"stale_connection": 1}, id="reused-cut-resent"),
         pytest.param(
-            ([*REUSED, "http11.receive_response_headers.complete"], httpx.ReadError("reset")),
+            (["http11.send_request_headers.started", "http11.send_request_headers.failed", *READ],
+             httpx.ReadError("reset")),
+            2, {"success": 1}, {"stale_connection": 1}, id="reused-headers-cut-resent",
+        ),
+        pytest.param((WHOLE, DISCONNECTED), 1, {"failure": 1}, {}, id="reused-written-whole-is-a-failure"),
+        pytest.param((WHOLE, httpx.ReadError("reset")), 1, {"failure": 1}, {}, id="reused-reset-a-failure"),
+        pytest.param(([*FRESH, *CUT], DISCONNECTED), 1, {"failure": 1}, {}, id="fresh-is-a-failure"),
+        pytest.param(
+            ([*WHOLE[:-1], "http11.receive_response_headers.complete"], httpx.ReadError("reset")),
             1, {"failure": 1}, {}, id="after-headers-is-a-failure",
         ),
     ],
@@ -518,8 +531,8 @@ DISCONNECTED = httpx.RemoteProtocolError("Server disconnected without sending a 
 def test_stale_connection_resent_once_and_not_recorded(
     first: tuple[list[str], Exception], sent: int, outcomes: dict[str, int], retries: dict[str, int]
 ) -> None:
-    """Only a reused connection failing before any response byte is resent, at once, unrecorded."""
-    pooled = Pooled(first, (FRESH, None))
+    """Only a reused connection failing a request before it was written whole: resent at once, unrecorded."""
+    pooled = Pooled(first, ([*FRESH, *WHOLE[:-1]], None))
     registry = ProviderRegistry(Policy(retry=RetryPolicy(attempts=1)), clock=FakeClock())
     client = httpx.Client(transport=ResilientTransport(registry, pooled))
     if "failure" in outcomes:
@@ -534,15 +547,15 @@ def test_stale_connection_resent_once_and_not_recorded(
 
 
 def test_stale_resend_happens_once_and_keeps_the_callers_trace() -> None:
-    """Two stale failures in a row: one resend only; a trace extension of the caller still hears all."""
-    pooled = Pooled((REUSED, DISCONNECTED))
+    """Two cut-short writes in a row: one resend only; a trace extension of the caller still hears all."""
+    pooled = Pooled((CUT, DISCONNECTED))
     heard: list[str] = []
     registry = ProviderRegistry(Policy(retry=RetryPolicy(attempts=1)), clock=FakeClock())
     client = httpx.Client(transport=ResilientTransport(registry, pooled))
     with pytest.raises(httpx.RemoteProtocolError):
         client.get("https://openrouter.ai/v1", extensions={"trace": lambda name, info: heard.append(name)})
     assert pooled.sent == 2
-    assert heard == REUSED * 2
+    assert heard == CUT * 2
     assert registry.get("openrouter.ai").snapshot().requests_total["failure"] == 1
 
 

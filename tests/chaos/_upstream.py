@@ -12,6 +12,9 @@ Behaviour is chosen by the request path (``/<kind>/<arg>``):
 ``/flap/<n>``          ``/ok/<n>`` or 503, alternating every :attr:`Upstream.flap_period` s
 ``/reset``             (raw server) read the request, then reset the connection (RST)
 ``/reuse/<n>``         (raw server) first request on a connection: ``/ok/<n>``; later ones: RST
+``/drop/<n>``          (raw server) first request on a connection: ``/ok/<n>``; later ones: read
+                       in full, worked on for :data:`DROP_SECONDS`, then the connection closed
+                       (FIN) without a response: a provider that crashed mid-request
 =====================  =====================================================
 
 Costs are multiples of 1/64 USD, exact in binary floating point and at the
@@ -37,6 +40,9 @@ import anyio
 COST_UNIT = 1 / 64
 LINGER_SECONDS = 30.0
 """Longest a hanging or stalled handler waits for its client to go away."""
+
+DROP_SECONDS = 0.3
+"""How long ``/drop`` works on a request it then drops: long past any stale-connection failure."""
 
 
 class Upstream:
@@ -173,7 +179,7 @@ async def linger(receive: Any) -> bool:
 
 
 class RawServer:
-    """An asyncio server in its own thread for what uvicorn will not do: reset connections."""
+    """An asyncio server in its own thread for what uvicorn will not do: reset or drop connections."""
 
     def __init__(self, upstream: Upstream) -> None:
         self.upstream = upstream
@@ -235,7 +241,7 @@ class RawServer:
             kind, _, arg = path.strip("/").partition("/")
             self.upstream.arrived(kind)
             try:
-                if kind == "reuse" and served == 0:
+                if kind in ("reuse", "drop") and served == 0:
                     data = ok_body(int(arg))
                     writer.write(
                         b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
@@ -245,6 +251,9 @@ class RawServer:
                     self.upstream.sent_cost(int(arg))
                     served += 1
                     continue
+                if kind == "drop":
+                    await asyncio.sleep(DROP_SECONDS)
+                    return  # the caller closes the socket: a FIN, the request having been read
                 reset(writer)
                 return
             finally:

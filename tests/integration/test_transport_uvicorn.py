@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import select
 import socket
 import threading
 import time
@@ -192,54 +193,110 @@ async def test_sse_usage_through_a_real_stream(url: str) -> None:
     assert snap.time_to_headers is not None and snap.time_to_headers.successes == 1
 
 
-def wait_until(condition: Callable[[], bool], seconds: float = 10.0) -> None:
-    """Poll ``condition`` until it holds (a server-side event we cannot be told of)."""
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "condition never held"
-        time.sleep(0.02)
+HANG_UP_SECONDS = 10.0
+"""Longest a test waits for uvicorn to close an idle keep-alive connection (it does after 0.2 s)."""
+
+BIG = b"x" * (8 << 20)
+"""A request body no socket buffer holds: writing it to a dead connection must fail."""
 
 
-def test_stale_keep_alive_connection_is_resent_once_sync(
-    uvicorn_server: Callable[..., str], monkeypatch: pytest.MonkeyPatch
+def hung_up(response: httpx.Response) -> bool:
+    """Block until the server closes the idle connection ``response`` came on (its FIN is readable)."""
+    sock = response.extensions["network_stream"].get_extra_info("socket")
+    return bool(select.select([sock], [], [], HANG_UP_SECONDS)[0])
+
+
+def reuse_dead_connections(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lose the race the pool's idle check normally wins: hand out a connection the server closed."""
+    monkeypatch.setattr(httpcore.HTTPConnection, "has_expired", lambda self: False)
+    monkeypatch.setattr(httpcore.AsyncHTTPConnection, "has_expired", lambda self: False)
+
+
+def stale_outcome(registry: ProviderRegistry) -> tuple[dict[str, int], dict[str, int]]:
+    """Requests by outcome (without zeros) and retries by reason."""
+    return totals(registry), registry.get("127.0.0.1").snapshot().retries_total
+
+
+def test_idle_connection_the_server_closed_is_replaced_by_the_pool_sync(
+    uvicorn_server: Callable[..., str],
 ) -> None:
-    """The server closed the pooled connection while idle; the request is resent, not recorded."""
+    """The server closed the idle keep-alive connection before the request: 200, nothing recorded."""
     url = uvicorn_server(upstream, timeout_keep_alive=0.2)
     inner = httpx.HTTPTransport()
     transport, registry, _ = transport_for(Policy(retry=RetryPolicy(attempts=1)), transport=inner)
     with httpx.Client(transport=transport) as client:
-        assert client.get(url + "/ok").status_code == 200
-        pool = inner._pool  # httpx's connection pool: watch the idle connection being closed
-        wait_until(lambda: pool.connections[0].has_expired())
-        # lose the race the pool's idle check normally wins: reuse the dead connection
-        monkeypatch.setattr(httpcore.HTTPConnection, "has_expired", lambda self: False)
-        assert client.get(url + "/ok").status_code == 200
-    provider = registry.get("127.0.0.1")
-    snap = provider.snapshot()
-    assert snap.requests_total["success"] == 2
-    assert snap.requests_total["failure"] == 0
-    assert snap.retries_total == {"stale_connection": 1}
+        assert hung_up(client.get(url + "/ok"))
+        assert client.post(url + "/ok", json={"model": "m"}).status_code == 200
+    assert stale_outcome(registry) == ({"success": 2}, {})
 
 
-async def test_stale_keep_alive_connection_is_resent_once_async(
-    uvicorn_server: Callable[..., str], monkeypatch: pytest.MonkeyPatch
+async def test_idle_connection_the_server_closed_is_replaced_by_the_pool_async(
+    uvicorn_server: Callable[..., str],
 ) -> None:
     """The same with the async pool."""
     url = uvicorn_server(upstream, timeout_keep_alive=0.2)
     inner = httpx.AsyncHTTPTransport()
     transport, registry, _ = transport_for(Policy(retry=RetryPolicy(attempts=1)), transport=inner)
     async with httpx.AsyncClient(transport=transport) as client:
-        assert (await client.get(url + "/ok")).status_code == 200
-        pool = inner._pool
-        deadline = time.monotonic() + 10
-        while not pool.connections[0].has_expired():
-            assert time.monotonic() < deadline
-            await anyio.sleep(0.02)
-        monkeypatch.setattr(httpcore.AsyncHTTPConnection, "has_expired", lambda self: False)
-        assert (await client.get(url + "/ok")).status_code == 200
-    snap = registry.get("127.0.0.1").snapshot()
-    assert (snap.requests_total["success"], snap.requests_total["failure"]) == (2, 0)
-    assert snap.retries_total == {"stale_connection": 1}
+        assert await anyio.to_thread.run_sync(hung_up, await client.get(url + "/ok"))
+        assert (await client.post(url + "/ok", json={"model": "m"})).status_code == 200
+    assert stale_outcome(registry) == ({"success": 2}, {})
+
+
+def test_request_cut_short_on_a_dead_pooled_connection_is_resent_once(
+    uvicorn_server: Callable[..., str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A dead pooled connection failed the write of the body: never whole at the provider, so resent."""
+    url = uvicorn_server(upstream, timeout_keep_alive=0.2)
+    inner = httpx.HTTPTransport()
+    transport, registry, _ = transport_for(Policy(retry=RetryPolicy(attempts=1)), transport=inner)
+    with httpx.Client(transport=transport) as client:
+        assert hung_up(client.get(url + "/ok"))
+        reuse_dead_connections(monkeypatch)
+        response = client.post(url + "/ok", content=BIG, headers={"content-type": "application/json"})
+        assert response.status_code == 200
+    assert stale_outcome(registry) == ({"success": 2}, {"stale_connection": 1})
+
+
+DROPPED = (httpx.RemoteProtocolError, httpx.ReadError)
+"""A dead connection failing the read of the response: EOF, or the reset our request drew."""
+
+
+def test_request_written_whole_on_a_dead_pooled_connection_is_a_failure_sync(
+    uvicorn_server: Callable[..., str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Written whole, then EOF: what a provider that read it and dropped looks like, so not resent."""
+    url = uvicorn_server(upstream, timeout_keep_alive=0.2)
+    inner = httpx.HTTPTransport()
+    transport, registry, _ = transport_for(Policy(retry=RetryPolicy(attempts=1)), transport=inner)
+    with httpx.Client(transport=transport) as client:
+        assert hung_up(client.get(url + "/ok"))
+        reuse_dead_connections(monkeypatch)
+        with pytest.raises(DROPPED):
+            client.get(url + "/ok")
+    assert stale_outcome(registry) == ({"success": 1, "failure": 1}, {})
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        pytest.param(None, id="written-whole"),
+        pytest.param(b'{"model": "m"}', id="cut-unseen"),  # asyncio buffers the write: only the read fails
+    ],
+)
+async def test_request_not_seen_cut_short_on_a_dead_pooled_connection_is_a_failure_async(
+    content: bytes | None, uvicorn_server: Callable[..., str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Async: no failed write seen, then EOF or reset: not resent, a failure."""
+    url = uvicorn_server(upstream, timeout_keep_alive=0.2)
+    inner = httpx.AsyncHTTPTransport()
+    transport, registry, _ = transport_for(Policy(retry=RetryPolicy(attempts=1)), transport=inner)
+    async with httpx.AsyncClient(transport=transport) as client:
+        assert await anyio.to_thread.run_sync(hung_up, await client.get(url + "/ok"))
+        reuse_dead_connections(monkeypatch)
+        with pytest.raises(DROPPED):
+            await client.request("GET" if content is None else "POST", url + "/ok", content=content)
+    assert stale_outcome(registry) == ({"success": 1, "failure": 1}, {})
 
 
 @pytest.fixture
