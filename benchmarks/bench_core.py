@@ -13,7 +13,7 @@ import pytest
 from pytest_benchmark.fixture import BenchmarkFixture
 
 from resilience import ProviderRegistry
-from resilience._window import SUCCESS, TimeWindow
+from resilience._core.window import SUCCESS, TimeWindow
 
 LOOPS = 1000
 

@@ -19,7 +19,7 @@ from prometheus_client.metrics_core import Metric
 from pytest_benchmark.fixture import BenchmarkFixture
 
 from resilience import ProviderRegistry
-from resilience.metrics import ResilienceCollector
+from resilience._export.metrics import ResilienceCollector
 
 PROVIDERS = 100
 MODELS = 10

@@ -8,7 +8,7 @@
 * interleaved: the same three, each round through ``ResilientTransport``
   right after a round through the bare transport, timed alike; the ratio of
   the two minimums is what the goals use (drift between two benchmarks
-  cannot tilt it). Each on the compiled happy path and on the pure one.
+  cannot tilt it).
 * throughput: 8 threads through one ``httpx.Client`` to an upstream that
   takes 1 ms (a ``MockTransport`` handler that sleeps), bare, through
   ``ResilientTransport``, and through a transport that wraps each request in
@@ -30,7 +30,7 @@ import pybreaker
 import pytest
 from pytest_benchmark.fixture import BenchmarkFixture
 
-from resilience import ProviderRegistry, ResilientTransport, _hot, transport
+from resilience import ProviderRegistry, ResilientTransport
 
 REQUESTS = 1000
 ROUNDS = 25
@@ -168,25 +168,17 @@ INTERLEAVED_GROUP = "transport happy path, interleaved with bare (1000 requests)
 
 
 @pytest.mark.parametrize("case", ["get", "post", "async"])
-@pytest.mark.parametrize("implementation", ["compiled", "pure"])
 @pytest.mark.benchmark(group=INTERLEAVED_GROUP)
-def test_transport_interleaved(
-    benchmark: BenchmarkFixture, case: str, implementation: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_transport_interleaved(benchmark: BenchmarkFixture, case: str) -> None:
     """Rounds through ResilientTransport, each right after a round through the bare transport.
 
     pytest-benchmark times the ResilientTransport rounds; the setup before
     each runs one bare round and times it the same way (``perf_counter``),
     so both minimums come from the same stretch of time and a machine that
     speeds up or slows down between two benchmarks cannot tilt the ratio.
-    Each case runs on the compiled happy path (``python -m resilience
-    speedups``, which ``make bench`` builds) and on the pure one.
+    An in-memory body is not the path provider traffic takes: the per-request
+    goals come from ``bench_callgrind.py`` over a real upstream.
     """
-    hot = _hot.pure() if implementation == "pure" else transport.HOT_PATH
-    if not hot.compiled and implementation == "compiled":
-        pytest.skip("resilience._speedups is not built: python -m resilience speedups")
-    for name in ("admit_request", "recorded_plain", "Resolver"):
-        monkeypatch.setattr(transport, name, getattr(hot, name))
     loop = asyncio.new_event_loop()
     if case == "async":
         clients: list[Any] = [
@@ -208,7 +200,7 @@ def test_transport_interleaved(
     )
     measured = bare_times[-INTERLEAVED_ROUNDS:]  # the warmup rounds run their setup too
     benchmark.extra_info.update(
-        peer=case if implementation == "compiled" else f"{case}-pure", implementation=implementation,
+        peer=case,
         bare_min=min(measured), bare_median=sorted(measured)[len(measured) // 2],
     )
     for client in clients:

@@ -129,23 +129,20 @@ LABELS = {
     ("*", "test_collect_100_providers_10_models"):
         "`collect()`, 100 providers × 10 models, `model_metrics=True`",
     ("*", "test_bare_gauge_100_label_sets"): "bare `Gauge`, 100 label sets",
-    (INTERLEAVED, "get"): "`client.get`, compiled",
-    (INTERLEAVED, "post"): "`client.post(json=...)`, model read from the body, compiled",
-    (INTERLEAVED, "async"): "`AsyncClient.post(json=...)`, compiled",
-    (INTERLEAVED, "get-pure"): "`client.get`, pure Python",
-    (INTERLEAVED, "post-pure"): "`client.post(json=...)`, model read from the body, pure Python",
-    (INTERLEAVED, "async-pure"): "`AsyncClient.post(json=...)`, pure Python",
+    (INTERLEAVED, "get"): "`client.get`, in-memory body",
+    (INTERLEAVED, "post"): "`client.post(json=...)`, model read from the body, in-memory body",
+    (INTERLEAVED, "async"): "`AsyncClient.post(json=...)`, in-memory body",
 }
-INTERLEAVED_ORDER = ("get", "post", "async", "get-pure", "post-pure", "async-pure")
+INTERLEAVED_ORDER = ("get", "post", "async")
 
 GOALS = (
     Goal("guard vs pybreaker `breaker.call(noop)` (sync)", GUARD, "resilience", "pybreaker", 0.3),
     Goal("guard vs circuitbreaker `@breaker` (sync)", GUARD, "resilience", "circuitbreaker", 0.7),
-    Goal("transport vs bare, `client.get` (interleaved, compiled)", INTERLEAVED, "get", None, 1.03,
+    Goal("transport vs bare, `client.get` (interleaved, in memory)", INTERLEAVED, "get", None, 1.03,
          unit="interleaved"),
-    Goal("transport vs bare, `client.post(json=...)`, model read from the body (interleaved, compiled)",
+    Goal("transport vs bare, `client.post(json=...)`, model read from the body (interleaved, in memory)",
          INTERLEAVED, "post", None, 1.03, unit="interleaved"),
-    Goal("transport vs bare, `AsyncClient` (interleaved, compiled)", INTERLEAVED, "async", None, 1.03,
+    Goal("transport vs bare, `AsyncClient` (interleaved, in memory)", INTERLEAVED, "async", None, 1.03,
          unit="interleaved"),
     Goal("8 threads × 1 ms: throughput vs bare", THREADS, "resilience", "bare", 0.97, at_most=False,
          throughput=True),

@@ -38,13 +38,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
 
-from resilience._clock import perf_counter
-from resilience._config import Outcome, Policy
-from resilience._errors import CircuitOpenError, ConfigError
-from resilience._registry import ProviderRegistry
+from resilience._core.clock import perf_counter
+from resilience._core.config import Outcome, Policy
+from resilience._core.errors import CircuitOpenError, ConfigError
+from resilience._core.registry import ProviderRegistry
 
 if TYPE_CHECKING:
-    from resilience._guard import Guard
+    from resilience._core.guard import Guard
 
 __all__ = ["BUCKETS", "OPERATIONS", "PROVIDER", "classify", "instrument"]
 

@@ -1,12 +1,12 @@
-"""Shared fixtures: async tests run on asyncio through anyio; a fake clock; each happy path."""
+"""Shared fixtures: async tests run on asyncio through anyio; a fake clock; each HTTP stack."""
 
 from __future__ import annotations
 
-import pytest
-from system_tools import in_ci
+import importlib
+from types import ModuleType
 
-from resilience import _hot, transport
-from resilience._hot import HotPath
+import pytest
+
 from resilience.testing import FakeClock
 
 
@@ -22,20 +22,17 @@ def clock() -> FakeClock:
     return FakeClock(1000.0)
 
 
-@pytest.fixture(params=["pure", "compiled"])
-def hot_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> HotPath:
-    """Run the test on each implementation of the transport's happy path.
+STACK_NAMES = ("httpx2", "httpx")
 
-    ``compiled`` is the module ``python -m resilience speedups`` builds (``make test``
-    builds it): skipped when it is missing or stale, failing in CI.
+
+@pytest.fixture(params=STACK_NAMES)
+def stack(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """Run the test on each HTTP stack: its module's ``httpx`` is that stack while it runs.
+
+    The suites are written against httpx's API, which httpx2 keeps; swapping the
+    module global makes every client, transport, response and exception the
+    test builds (helpers of the same module included) come from the stack.
     """
-    path = _hot.pure() if request.param == "pure" else _hot.load()
-    if request.param == "compiled" and not path.compiled:
-        message = "resilience._speedups is not built or is stale: python -m resilience speedups"
-        if in_ci():
-            pytest.fail(message + " (make test builds it)")
-        pytest.skip(message)
-    monkeypatch.setattr(transport, "admit_request", path.admit_request)
-    monkeypatch.setattr(transport, "recorded_plain", path.recorded_plain)
-    monkeypatch.setattr(transport, "Resolver", path.Resolver)
-    return path
+    module = importlib.import_module(request.param)
+    monkeypatch.setattr(request.module, "httpx", module, raising=False)
+    return module

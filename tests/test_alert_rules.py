@@ -64,6 +64,6 @@ def test_contrib_files_ship_in_the_wheel(tmp_path: Path) -> None:
                "-w", str(tmp_path), str(ROOT)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
-    (wheel,) = tmp_path.glob("resilience-*.whl")
+    (wheel,) = tmp_path.glob("llm_resilience-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {"resilience/contrib/prometheus-rules.yml", "resilience/contrib/grafana-dashboard.json"} <= names

@@ -10,7 +10,7 @@ import pytest
 
 import resilience
 from resilience import BreakerPolicy, ConfigError, Policy, RetryPolicy
-from resilience._config import resolve_policy
+from resilience._core.config import resolve_policy
 
 
 @pytest.mark.parametrize(

@@ -12,8 +12,8 @@ import httpx
 import pytest
 
 from resilience import ConfigError, HeaderCost, Policy, PriceTable, ProviderRegistry, ResilientTransport
-from resilience._cost import CostParseError, usage_cost, usage_tokens
-from resilience._inspect import INCOMPLETE, JSON_CAP, LINE_CAP, MALFORMED, BodyInspector
+from resilience._core.cost import CostParseError, usage_cost, usage_tokens
+from resilience._http.inspect import INCOMPLETE, JSON_CAP, LINE_CAP, MALFORMED, BodyInspector
 from resilience.testing import FakeClock
 
 URL = "https://openrouter.ai/api/v1/chat/completions"

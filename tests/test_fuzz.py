@@ -24,11 +24,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from resilience import HeaderCost, Policy, PriceTable, ProviderRegistry
-from resilience._cost import CostParseError, attempt_cost, usage_cost
-from resilience._inspect import JSON_CAP, LINE_CAP, BodyInspector, json_usage, whole_body_usage
-from resilience._resolve import MAX_BODY, model_from_body
-from resilience._retry import parse_retry_after
-from resilience.middleware import _retry_after
+from resilience._asgi.middleware import _retry_after
+from resilience._core.cost import CostParseError, attempt_cost, usage_cost
+from resilience._core.retry import parse_retry_after
+from resilience._http.inspect import JSON_CAP, LINE_CAP, BodyInspector, json_usage, whole_body_usage
+from resilience._http.resolve import MAX_BODY, model_from_body
 
 FUZZ = settings(max_examples=300, deadline=None)
 MB = 1 << 20

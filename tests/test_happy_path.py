@@ -1,4 +1,4 @@
-"""The transport's fused happy path (resilience._happy) keeps every number exact."""
+"""The transport's success path keeps every number exact, on both stacks."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import httpx
 import pytest
 
 from resilience import BreakerPolicy, Policy, ProviderRegistry, ResilientTransport, RetryPolicy
-from resilience._breaker import CLOSED
+from resilience._core.breaker import CLOSED
 from resilience.testing import FakeClock
 
-pytestmark = pytest.mark.usefixtures("hot_path")  # the pure and the compiled happy path
+pytestmark = pytest.mark.usefixtures("stack")  # httpx2 and httpx
 
 NO_RETRY = RetryPolicy(attempts=1)
 USAGE = json.dumps({"usage": {"cost": 0.25}}).encode()

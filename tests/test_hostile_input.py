@@ -22,8 +22,8 @@ from starlette.applications import Starlette
 from starlette.routing import Mount
 
 from resilience import ConfigError, HeaderCost, Policy, ProviderRegistry, ResilientTransport, dashboard_router
-from resilience._inspect import JSON_CAP, LINE_CAP
-from resilience._provider import MAX_LABEL_LENGTH
+from resilience._core.provider import MAX_LABEL_LENGTH
+from resilience._http.inspect import JSON_CAP, LINE_CAP
 
 pytestmark = pytest.mark.anyio
 
@@ -330,7 +330,7 @@ def test_model_detection_parses_a_crafted_body_at_most_once(monkeypatch: pytest.
     """A 1 MiB body with many nested "model" pairs costs at most one JSON parse, whatever its shape."""
     import json
 
-    from resilience import _resolve
+    from resilience._http import resolve as _resolve
 
     parses: list[int] = []
     real = json.loads

@@ -11,7 +11,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, generate_latest, make
 from prometheus_client.parser import text_string_to_metric_families
 
 import resilience
-from resilience.metrics import ResilienceCollector
+from resilience._export.metrics import ResilienceCollector
 from resilience.testing import FakeClock
 
 STATES = ("closed", "open", "half_open", "forced_open", "disabled")

@@ -19,7 +19,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 import resilience
 from resilience import BreakerPolicy, CircuitOpenError, Policy, ProviderRegistry, ResilienceMiddleware
-from resilience.middleware import MAX_RETRY_AFTER, find_circuit_open
+from resilience._asgi.middleware import MAX_RETRY_AFTER, find_circuit_open
 from resilience.testing import FakeClock
 
 pytestmark = pytest.mark.anyio
@@ -534,7 +534,7 @@ def test_open_circuit_becomes_503_through_uvicorn() -> None:
 
 def test_guarded_route_reads_retry_after_dates_too() -> None:
     """A guarded route's Retry-After is read as seconds or as an HTTP date (a past date is 0)."""
-    from resilience.middleware import _retry_after
+    from resilience._asgi.middleware import _retry_after
 
     assert _retry_after([(b"Retry-After", b"7")]) == 7.0
     assert _retry_after([(b"retry-after", b"Wed, 21 Oct 2015 07:28:00 GMT")]) == 0.0

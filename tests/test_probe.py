@@ -15,7 +15,7 @@ from starlette.types import Message
 
 import resilience
 from resilience import HttpProbe, ProviderRegistry, probes
-from resilience.dashboard import health_payload
+from resilience._asgi.dashboard import health_payload
 from resilience.testing import FakeClock
 
 pytestmark = pytest.mark.anyio

@@ -12,6 +12,7 @@ import anyio.lowlevel
 import httpx
 import pytest
 import tenacity
+from both_stacks import AsyncStream, AsyncTransport, SyncStream, Transport
 
 from resilience import (
     BreakerPolicy,
@@ -21,18 +22,18 @@ from resilience import (
     ResilientTransport,
     RetryPolicy,
 )
-from resilience._context import begin_request, end_request
-from resilience._retry import RetryBudget, backoff, parse_retry_after
+from resilience._core.context import begin_request, end_request
+from resilience._core.retry import RetryBudget, backoff, parse_retry_after
 from resilience.testing import FakeClock
 
-pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("hot_path")]  # each happy path
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("stack")]  # httpx2 and httpx
 
 URL = "https://openrouter.ai/api/v1/chat/completions"
 MODES = [pytest.param("sync", id="sync"), pytest.param("async", id="async")]
 NOW = 1_700_000_000.0
 
 
-class Body(httpx.SyncByteStream, httpx.AsyncByteStream):
+class Body(SyncStream, AsyncStream):
     """A response body that remembers being closed (sync and async)."""
 
     def __init__(self, data: bytes) -> None:
@@ -217,7 +218,7 @@ async def test_retry_after_sets_the_wait(
     mode: str, header: str, wait: float, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A Retry-After within the cap is waited instead of the backoff."""
-    monkeypatch.setattr("resilience._clock.wall_time", lambda: NOW)
+    monkeypatch.setattr("resilience._core.clock.wall_time", lambda: NOW)
     transport, registry, clock = setup(Upstream((429, {"retry-after": header}), 200))
     assert (await send(mode, transport)).status_code == 200
     assert clock.sleeps == [pytest.approx(wait)]
@@ -258,7 +259,7 @@ async def test_transport_errors_not_retried_when_off(mode: str) -> None:
     assert registry.get("openrouter").snapshot().requests_total["failure"] == 1
 
 
-class Streamer(httpx.BaseTransport, httpx.AsyncBaseTransport):
+class Streamer(Transport, AsyncTransport):
     """Sends the request body as a network transport does: by iterating it, never keeping it."""
 
     def __init__(self, upstream: Upstream) -> None:

@@ -22,8 +22,8 @@ from redis_server import RedisServer, running_redis_server
 
 import resilience
 from resilience import BreakerPolicy, CircuitOpenError, Policy, Provider, ProviderRegistry
-from resilience._shared_sync import transition_kind
-from resilience.dashboard import health_payload
+from resilience._asgi.dashboard import health_payload
+from resilience._export.shared_sync import transition_kind
 from resilience.testing import FakeClock
 
 EPOCH = 1_700_000_000.0

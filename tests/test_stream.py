@@ -12,6 +12,7 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+from both_stacks import AsyncStream, SyncStream
 from trio.testing import MockClock
 
 from resilience import (
@@ -25,7 +26,7 @@ from resilience import (
 )
 from resilience.testing import FakeClock
 
-pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("hot_path")]  # each happy path
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("stack")]  # httpx2 and httpx
 
 URL = "https://api.example.com/v1/stream"
 VIRTUAL_TIME = pytest.mark.parametrize(
@@ -36,7 +37,7 @@ VIRTUAL_TIME = pytest.mark.parametrize(
 timeouts fire at once, at the virtual time they are due, and the test never sleeps."""
 
 
-class Upstream(httpx.SyncByteStream, httpx.AsyncByteStream):
+class Upstream(SyncStream, AsyncStream):
     """A streamed body whose chunks are produced on demand; ``before`` runs before each chunk."""
 
     def __init__(self, chunks: list[bytes], before: Callable[[int], Any] | None = None) -> None:
@@ -255,7 +256,7 @@ async def test_cancelled_stream_frees_the_half_open_slot() -> None:
 
 
 
-class _OneEvent(httpx.SyncByteStream):
+class _OneEvent(SyncStream):
     """A streamed body of one SSE event."""
 
     def __iter__(self) -> Iterator[bytes]:

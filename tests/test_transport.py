@@ -11,6 +11,7 @@ import anyio
 import anyio.lowlevel
 import httpx
 import pytest
+from both_stacks import AsyncStream, AsyncTransport, Transport
 
 import resilience
 from resilience import (
@@ -21,11 +22,11 @@ from resilience import (
     ResilientTransport,
     RetryPolicy,
 )
-from resilience._context import begin_request, end_request
-from resilience._resolve import MAX_BODY, model_from_body
+from resilience._core.context import begin_request, end_request
+from resilience._http.resolve import MAX_BODY, model_from_body
 from resilience.testing import FakeClock
 
-pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("hot_path")]  # each happy path
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("stack")]  # httpx2 and httpx
 
 MODES = [pytest.param("sync", id="sync"), pytest.param("async", id="async")]
 NO_RETRY = Policy(retry=RetryPolicy(attempts=1))
@@ -318,7 +319,7 @@ async def test_request_totals_count_attempts_cost_and_rejections() -> None:
 # -- lifecycle -----------------------------------------------------------------
 
 
-class Inner(httpx.BaseTransport, httpx.AsyncBaseTransport):
+class Inner(Transport, AsyncTransport):
     """An inner transport that remembers being closed."""
 
     def __init__(self) -> None:
@@ -458,7 +459,7 @@ def test_sixteen_threads_count_exactly() -> None:
 async def test_streamed_responses_under_concurrency() -> None:
     """Concurrent streamed responses are each recorded once when read."""
 
-    class Chunks(httpx.AsyncByteStream):
+    class Chunks(AsyncStream):
         async def __aiter__(self) -> AsyncIterator[bytes]:
             for part in (b"a", b"b"):
                 await anyio.lowlevel.checkpoint()
@@ -479,24 +480,33 @@ async def test_streamed_responses_under_concurrency() -> None:
 # -- stale pooled connections (the trace events httpcore sends, played by hand) ---------------
 
 
-class Pooled(httpx.HTTPTransport):
-    """An httpx transport whose pool is scripted: each send plays trace events, then answers or fails."""
+def Pooled(*script: tuple[list[str], Exception | None]) -> Any:  # stands for a class
+    """A transport of the stack under test whose pool is scripted: each send plays trace events,
+    then answers or fails (an error given as ``(class name, message)`` is made in that stack)."""
 
-    def __init__(self, *script: tuple[list[str], Exception | None]) -> None:
-        super().__init__()
-        self.script = list(script)
-        self.sent = 0
+    class Pooled(httpx.HTTPTransport):
+        def __init__(self) -> None:
+            super().__init__()
+            self.script = list(script)
+            self.sent = 0
 
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        events, error = self.script[min(self.sent, len(self.script) - 1)]
-        self.sent += 1
-        trace = request.extensions.get("trace")
-        for event in events:
-            if trace is not None:
-                trace(event, {})
-        if error is not None:
-            raise error
-        return httpx.Response(200)
+        def handle_request(self, request: httpx.Request) -> httpx.Response:
+            events, error = self.script[min(self.sent, len(self.script) - 1)]
+            self.sent += 1
+            trace = request.extensions.get("trace")
+            for event in events:
+                if trace is not None:
+                    trace(event, {})
+            if error is not None:
+                raise in_stack(error)
+            return httpx.Response(200)
+
+    return Pooled()
+
+
+def in_stack(error: Exception) -> Exception:
+    """``error`` as the same exception class of the stack under test."""
+    return getattr(httpx, type(error).__name__)(*error.args)  # type: ignore[no-any-return]
 
 
 HEADERS = ["http11.send_request_headers.started", "http11.send_request_headers.complete"]
@@ -536,7 +546,7 @@ def test_stale_connection_resent_once_and_not_recorded(
     registry = ProviderRegistry(Policy(retry=RetryPolicy(attempts=1)), clock=FakeClock())
     client = httpx.Client(transport=ResilientTransport(registry, pooled))
     if "failure" in outcomes:
-        with pytest.raises(type(first[1])):
+        with pytest.raises(getattr(httpx, type(first[1]).__name__)):
             client.post("https://openrouter.ai/v1", json={"model": "m"})
     else:
         assert client.post("https://openrouter.ai/v1", json={"model": "m"}).status_code == 200

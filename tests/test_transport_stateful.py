@@ -149,7 +149,7 @@ class Model:
         if costed and attempt.item.cost is not None and attempt.item.error is None:
             self.cost += attempt.item.cost
         retry_after = attempt.breaker_retry_after
-        if retry_after is not None and self.open_on_retry_after:
+        if retry_after and self.open_on_retry_after:  # a Retry-After of 0 asks for no wait: opens nothing
             self.open_for(retry_after)
         generation, trial = attempt.permit
         if generation != self.generation:

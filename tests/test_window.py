@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from resilience import _histogram
-from resilience._window import (
+from resilience._core import histogram as _histogram
+from resilience._core.window import (
     CLIENT_ERROR,
     FAILURE,
     REJECTED,

@@ -18,8 +18,8 @@ from typing import TextIO
 
 import httpx
 
-from resilience import _clock
-from resilience._registry import ProviderRegistry
+from resilience._core import clock as _clock
+from resilience._core.registry import ProviderRegistry
 
 MAX_IN_FLIGHT = 200
 MODELS = ("demo-small", "demo-large")

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import uvicorn
 from starlette.types import ASGIApp
 
-from resilience import _clock
+from resilience._core import clock as _clock
 
 HOST = "127.0.0.1"
 

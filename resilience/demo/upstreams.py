@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from starlette.types import Receive, Scope, Send
 
-from resilience import _clock
+from resilience._core import clock as _clock
 
 PRICE_PER_TOKEN = {"demo-small": 0.15e-6, "demo-large": 2.5e-6}
 """USD per token of the simulated models."""

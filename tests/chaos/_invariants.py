@@ -30,8 +30,8 @@ from chaos._drive import HOST, Run
 from chaos._upstream import Upstream
 
 from resilience import ProviderRegistry
-from resilience._breaker import CLOSED, DISABLED, FORCED_OPEN, HALF_OPEN, OPEN, STATES
-from resilience._provider import Provider
+from resilience._core.breaker import CLOSED, DISABLED, FORCED_OPEN, HALF_OPEN, OPEN, STATES
+from resilience._core.provider import Provider
 
 AUTOMATIC = frozenset({(CLOSED, OPEN), (OPEN, HALF_OPEN), (HALF_OPEN, CLOSED), (HALF_OPEN, OPEN)})
 """Edges the breaker takes by itself."""

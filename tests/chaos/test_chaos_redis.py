@@ -45,7 +45,7 @@ from resilience import (
     RetryPolicy,
     SharedBreakerState,
 )
-from resilience._provider import Provider
+from resilience._core.provider import Provider
 from resilience.testing import FakeClock
 
 pytestmark = [pytest.mark.chaos, pytest.mark.integration, pytest.mark.redis, pytest.mark.anyio]

@@ -1,0 +1,1 @@
+"""Starlette glue: the middleware, the dashboard router and its static page."""

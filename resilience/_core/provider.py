@@ -1,0 +1,411 @@
+"""One upstream provider: its breaker, stats windows, model windows and counters.
+
+Every attempt is recorded in three places under the provider's one lock: the
+breaker's decision window, the provider's stats window (never cleared; behind
+health, dashboard and gauges) and the model's stats window. Monotonic
+counters (requests, cost, retries, a duration histogram) feed Prometheus.
+
+The fast path: a fast success on a closed breaker takes no lock. Its
+duration is appended to one list (atomic in CPython): the model window's
+``pending`` when the call has a model, else the provider stats window's.
+Whoever next takes the lock — a failure, a snapshot, a bucket change, or a
+full batch — folds them all into the windows in a batch (a model's
+successes into its own window and the provider's), so counts stay exact
+under threads.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import Counter, deque
+from itertools import accumulate
+
+from resilience._core import context as _context
+from resilience._core import health as _health
+from resilience._core.breaker import CLOSED, DISABLED, HALF_OPEN, OPEN, Breaker
+from resilience._core.clock import Clock
+from resilience._core.config import OUTCOMES, ResolvedPolicy
+from resilience._core.errors import CircuitOpenError
+from resilience._core.histogram import DURATION_BUCKETS, PROMETHEUS_BUCKET, bucket_of
+from resilience._core.snapshot import ModelSnapshot, ProviderSnapshot
+from resilience._core.window import REJECTED, SUCCESS, TimeWindow, outcome_index
+
+OTHER = "other"
+"""The label that overflowing provider and model names fold into."""
+
+MAX_LABEL_LENGTH = 128
+MAX_ATTEMPT_COST_USD = 1_000_000.0
+"""Largest cost one attempt may record; more (like a negative or NaN cost) is ``invalid_cost``."""
+
+_LE = (*DURATION_BUCKETS, math.inf)
+FOLD_BATCH = 4096
+
+
+def encodable(name: str) -> str:
+    """``name`` with what UTF-8 cannot encode (lone surrogates, e.g. from a JSON ``"\\ud800"``) escaped.
+
+    Label values go out as UTF-8 (Prometheus, the dashboard's JSON): one that
+    cannot be encoded would fail every scrape from then on.
+    """
+    if name.isascii():
+        return name
+    try:
+        name.encode()
+    except UnicodeEncodeError:
+        return name.encode("utf-8", "backslashreplace").decode()
+    return name
+
+
+class Provider:
+    """A provider: create through :meth:`resilience.ProviderRegistry.register`.
+
+    ``state`` is the breaker's state name; :meth:`force_open`, :meth:`disable`
+    and :meth:`reset` are manual control.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        policy: ResolvedPolicy,
+        *,
+        clock: Clock,
+        max_models: int,
+        explicit: bool = True,
+        hosts: tuple[str, ...] = (),
+    ) -> None:
+        self.name = name
+        self.policy = policy
+        self.explicit = explicit
+        self.hosts = hosts
+        self.clock = clock
+        self._lock = threading.Lock()
+        self.breaker = Breaker(
+            name, policy.breaker, clock=clock, lock=self._lock,
+            throttled_is_failure=policy.throttled_is_failure,
+        )
+        self.stats = TimeWindow(policy.stats_window_seconds)
+        self.headers_window = TimeWindow(policy.stats_window_seconds)
+        self._max_models = max_models
+        self._models: dict[str, TimeWindow] = {}
+        self._orphans: deque[int] = deque()
+        self._fold_width = min(self.stats.bucket_seconds, _decision_bucket(self.breaker))
+        self._fold_at = -math.inf
+        self._slow_s = float(policy.breaker.slow_call_seconds)  # type: ignore[arg-type]
+        judged = policy.failure_statuses | policy.throttle_statuses | policy.retry.retry_statuses | {503}
+        self.plain_below = min(400, *judged)  # 4xx are client errors by default
+        """Statuses below this are plain successes: nothing to classify, no ``Retry-After`` to read."""
+        self.requests_total = [0] * len(OUTCOMES)
+        self.cost_total = 0.0
+        self.retries_total: dict[str, int] = {}
+        self.duration_counts = [0] * len(_LE)  # lifetime, per Prometheus bucket (not cumulative)
+        self._model_snaps: dict[str, ModelSnapshot] = {}
+        self.duration_sum = 0.0
+        self.model_overflows = 0
+        self.errors: dict[str, int] = {}
+
+    def __repr__(self) -> str:
+        return f"<Provider {self.name!r} {self.breaker._state}>"
+
+    # -- manual control --------------------------------------------------------
+
+    @property
+    def state(self) -> str:
+        """The breaker state: closed, open, half_open, forced_open or disabled."""
+        return self.breaker.state
+
+    def force_open(self) -> None:
+        """Reject every call until :meth:`reset`."""
+        self._control(self.breaker.force_open_locked)
+
+    def disable(self) -> None:
+        """Admit every call and never trip; outcomes are still recorded."""
+        self._control(self.breaker.disable_locked)
+
+    def reset(self) -> None:
+        """Back to ``closed``; the stats window is kept."""
+        self._control(self.breaker.reset_locked)
+
+    def probe_succeeded(self) -> bool:
+        """An active probe got through: an ``open`` breaker goes ``half_open`` now.
+
+        Returns whether the breaker moved; trial calls still decide whether it closes.
+        """
+        now = self.clock()
+        with self._lock:
+            moved = self.breaker._state is OPEN
+            if moved:
+                self.breaker._transition_locked(HALF_OPEN, now)
+        self.breaker.notify()
+        return moved
+
+    def _control(self, action: object) -> None:
+        now = self.clock()
+        with self._lock:
+            self._fold_locked(now)
+            action(now)  # type: ignore[operator]  # a bound *_locked method
+        self.breaker.notify()
+
+    # -- labels ----------------------------------------------------------------
+
+    def model_window(self, model: str | None) -> TimeWindow | None:
+        """The stats window of a model, created on first use; names past ``max_models`` fold."""
+        if model is None:
+            return None
+        window = self._models.get(model)
+        if window is not None:
+            return window
+        return self._new_model_window(model)
+
+    def _new_model_window(self, model: str) -> TimeWindow:
+        key = encodable(model[:MAX_LABEL_LENGTH])[:MAX_LABEL_LENGTH]
+        with self._lock:
+            window = self._models.get(key)
+            if window is None:
+                if len(self._models) >= self._max_models and key != OTHER:
+                    self.model_overflows += 1
+                    key = OTHER
+                    window = self._models.get(OTHER)
+                    if window is not None:
+                        return window
+                window = self._models[key] = TimeWindow(self.policy.stats_window_seconds)
+        return window
+
+    def count_error(self, kind: str) -> None:
+        """Count an instrumentation error (a bad cost body, a metrics error ...)."""
+        with self._lock:
+            self.errors[kind] = self.errors.get(kind, 0) + 1
+
+    def count_retry(self, reason: str) -> None:
+        """Count a retry the transport is about to make."""
+        with self._lock:
+            self.retries_total[reason] = self.retries_total.get(reason, 0) + 1
+
+    # -- permits ---------------------------------------------------------------
+
+    def admit(self, model: TimeWindow | None = None) -> int:
+        """A permit for one attempt, or :class:`CircuitOpenError` (recorded as ``rejected``)."""
+        breaker = self.breaker
+        state = breaker._state
+        if state is CLOSED or state is DISABLED:
+            return breaker.permit
+        if state is HALF_OPEN and _context.holds(self):
+            return breaker.permit  # inside a guarded route's own trial: no second slot, no second verdict
+        now = self.clock()
+        with self._lock:
+            orphans = self._orphans
+            while orphans:
+                breaker.release_locked(orphans.popleft())
+            permit = breaker.try_acquire_locked(now)
+            if permit is None:
+                self.stats.record(now, REJECTED)
+                if model is not None:
+                    model.record(now, REJECTED)
+                self.requests_total[REJECTED] += 1
+                retry_after, state = breaker.retry_after_locked(now), breaker._state
+        breaker.notify()
+        if permit is None:
+            raise CircuitOpenError(self.name, retry_after, state)
+        return permit
+
+    def orphan(self, permit: int) -> None:
+        """Give back, lock-free, the permit of a call abandoned unfinished (from ``__del__``).
+
+        Taken back the next time a permit is asked for: a garbage-collected
+        stream must never take a lock (it may be collected while its thread
+        holds it), and must never hold a half-open trial slot forever.
+        """
+        self._orphans.append(permit)
+
+    def release(self, permit: int) -> None:
+        """Give back a permit whose call ended without a result (cancelled)."""
+        with self._lock:
+            self.breaker.release_locked(permit)
+        self.breaker.notify()
+
+    # -- recording -------------------------------------------------------------
+
+    def record_success(self, permit: int, duration: float, now: float, model: TimeWindow | None) -> None:
+        """A success without cost: lock-free while closed and fast, else :meth:`record`."""
+        if permit == self.breaker.closed_permit and duration < self._slow_s:
+            pending = self.stats.pending if model is None else model.pending
+            pending.append(duration)
+            if now >= self._fold_at or len(pending) >= FOLD_BATCH:
+                self.fold(now)
+            return
+        self.record(permit, "success", duration, model=model, now=now)
+
+    def record(
+        self,
+        permit: int,
+        outcome: str,
+        duration: float,
+        *,
+        model: TimeWindow | None = None,
+        cost: float | None = None,
+        cost_unknown: bool = False,
+        input_tokens: int = 0,
+        output_tokens: int = 0,
+        retry_after: float | None = None,
+        time_to_headers: float | None = None,
+        now: float | None = None,
+        judged: bool = True,
+    ) -> None:
+        """Record one attempt's outcome everywhere and move the breaker.
+
+        ``duration`` is the whole attempt (to the end of a streamed body);
+        ``time_to_headers``, for streamed responses, the time to the response
+        headers, kept in :attr:`headers_window`; a streamed attempt is
+        ``slow`` by it, never by its whole length. ``retry_after`` is a
+        ``Retry-After`` the response carried (seconds), for ``open_on_retry_after``.
+        ``judged=False`` records the attempt in the windows and counters but
+        gives the breaker no verdict (the permit is released instead).
+        """
+        index = outcome_index(outcome)
+        if now is None:
+            now = self.clock()
+        # a stream's length is what the caller asked for: it is judged slow by its first response
+        slow = (duration if time_to_headers is None else time_to_headers) >= self._slow_s
+        if cost is not None and not 0 <= cost <= MAX_ATTEMPT_COST_USD:  # NaN, < 0, inf, absurd
+            cost, cost_unknown = None, True
+            self.count_error("invalid_cost")
+        with self._lock:
+            self._fold_locked(now)
+            for window in (self.stats, model):
+                if window is not None:
+                    window.record(
+                        now, index, duration, slow=slow, cost=cost, cost_unknown=cost_unknown,
+                        input_tokens=input_tokens, output_tokens=output_tokens,
+                    )
+            self.requests_total[index] += 1
+            if index != REJECTED:
+                self.duration_counts[PROMETHEUS_BUCKET[bucket_of(duration)]] += 1
+                self.duration_sum += duration
+            if cost is not None:
+                self.cost_total += cost
+            if time_to_headers is not None:
+                self.headers_window.record(now, index, time_to_headers)
+            if index == REJECTED:
+                pass
+            elif judged:
+                self.breaker.on_result_locked(permit, index, slow, now, retry_after)
+            else:  # no verdict on the provider (a cancelled stream): its trial slot goes back
+                self.breaker.release_locked(permit)
+        self.breaker.notify()
+
+    def open_for(self, seconds: float) -> None:
+        """Open the breaker for at least ``seconds`` (a ``Retry-After``)."""
+        now = self.clock()
+        with self._lock:
+            self.breaker.open_for_locked(seconds, now)
+        self.breaker.notify()
+
+    def fold(self, now: float) -> None:
+        """Fold the pending fast successes into the windows."""
+        with self._lock:
+            self._fold_locked(now)
+
+    def _fold_locked(self, now: float) -> None:
+        # a fast success waits in exactly one list: its model window's, or the stats window's
+        stats = self.stats
+        latency: Counter[int] = Counter()
+        n, total = 0, 0.0
+        when = now
+        fold_at = self._fold_at
+        if fold_at <= now and fold_at != -math.inf:
+            # everything pending arrived before fold_at: keep it in that bucket
+            when = fold_at - self._fold_width * 1e-6
+        for window in (stats, *self._models.values()):
+            pending = window.pending
+            if not pending:
+                continue
+            durations = _drain(pending)
+            counts = Counter(map(bucket_of, durations))
+            if window is not stats:
+                window.record_successes(when, len(durations), counts)
+            latency.update(counts)
+            n += len(durations)
+            total += math.fsum(durations)
+        if n:
+            stats.record_successes(when, n, latency)
+            self.breaker.add_successes_locked(when, n)
+            self.requests_total[SUCCESS] += n
+            lifetime = self.duration_counts
+            for index, count in latency.items():
+                lifetime[PROMETHEUS_BUCKET[index]] += count
+            self.duration_sum += total
+        if now >= self._fold_at:
+            width = self._fold_width
+            self._fold_at = (now // width + 1) * width
+
+    # -- reading ---------------------------------------------------------------
+
+    def _model_snapshots(self, now: float) -> tuple[ModelSnapshot, ...]:
+        cache, name = self._model_snaps, self.name
+        out = []
+        for model, window in self._models.items():
+            window_snap = window.snapshot(now)
+            snap = cache.get(model)
+            if snap is None or snap.window is not window_snap:
+                snap = cache[model] = ModelSnapshot(name, model, window_snap)
+            out.append(snap)
+        return tuple(out)
+
+    def snapshot(self) -> ProviderSnapshot:
+        """The provider's numbers now (health, stats window, models, counters)."""
+        now = self.clock()
+        with self._lock:
+            self._fold_locked(now)
+            self.breaker._expire_locked(now)
+            state = self.breaker._state
+            window = self.stats.snapshot(now)
+            models = self._model_snapshots(now)
+            retry_after = self.breaker.retry_after_locked(now)
+            requests: dict[str, int] = dict(zip(OUTCOMES, self.requests_total, strict=True))
+            cost_total, duration_sum = self.cost_total, self.duration_sum
+            retries, transitions = dict(self.retries_total), dict(self.breaker.transitions)
+            buckets = tuple(zip(_LE, accumulate(self.duration_counts), strict=True))
+            history = tuple(self.breaker.history)
+            headers = self.headers_window.snapshot(now)
+        self.breaker.notify()
+        policy = self.policy
+        score = _health.health_score(state, window, policy.latency_slo_seconds)
+        return ProviderSnapshot(
+            name=self.name,
+            state=state,
+            availability=_health.availability(state),
+            error_rate=window.error_rate,
+            health_score=score,
+            status=_health.status(
+                state, score, healthy=policy.healthy_score, degraded=policy.degraded_score
+            ),
+            retry_after=retry_after,
+            window=window,
+            window_seconds=policy.stats_window_seconds,
+            models=models,
+            requests_total=requests,
+            cost_total=cost_total,
+            retries_total=retries,
+            transitions_total=transitions,
+            duration_buckets=buckets,
+            duration_sum=duration_sum,
+            history=history,
+            time_to_headers=headers,
+        )
+
+
+def _decision_bucket(breaker: Breaker) -> float:
+    window = breaker.window
+    return window.bucket_seconds if isinstance(window, TimeWindow) else math.inf
+
+
+def _drain(pending: list[float]) -> list[float]:
+    """Take what ``pending`` holds now; appends racing in (at the end) stay for the next fold.
+
+    Each step is one C call, atomic under the GIL, and only the fold (under
+    the provider's lock) removes items, from the front.
+    """
+    n = len(pending)
+    durations = pending[:n]
+    del pending[:n]
+    return durations

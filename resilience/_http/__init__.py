@@ -1,0 +1,1 @@
+"""The transport over httpx2 and httpx: resolution, attempts, retries, streams, usage, probes."""

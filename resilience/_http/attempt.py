@@ -1,0 +1,145 @@
+"""One attempt of a call: its permit, outcome and the single record it ends in.
+
+An :class:`Attempt` is made when the breaker admits it and recorded exactly
+once (:meth:`Attempt.finish`): at once for a transport error, a discarded
+(retried) response or a body already in memory; at the end of the body for
+a streamed response. A cancelled attempt gives its permit back instead
+(:meth:`Attempt.release`). Nothing here ever fails the call: a recording
+error is logged and counted.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import httpx2
+
+from resilience._core.context import RequestStats
+from resilience._core.cost import NO_COST, CostResult, attempt_cost
+from resilience._core.errors import CircuitOpenError
+from resilience._core.provider import Provider
+from resilience._core.window import TimeWindow
+from resilience._http.inspect import MALFORMED, BodyInspector, whole_body_usage
+
+if TYPE_CHECKING:
+    from resilience._http.call import Call
+
+log = logging.getLogger("resilience")
+
+
+class Attempt:
+    """One admitted attempt of a :class:`resilience._http.call.Call`; see the module docstring."""
+
+    __slots__ = (
+        "call", "done", "error", "headers_at", "inspector", "number", "outcome", "permit", "provider",
+        "reason", "response", "retry_after", "start", "wait_hint",
+    )
+
+    def __init__(self, call: Call, permit: int, start: float, number: int) -> None:
+        self.call = call
+        self.provider = call.provider
+        self.permit = permit
+        self.number = number
+        self.start = start
+        self.headers_at: float | None = None  # when a streamed body's headers arrived
+        self.response: httpx2.Response | None = None
+        self.error: Exception | None = None
+        self.outcome = "success"
+        self.reason: str | None = None  # why this attempt asks for a retry, if it does
+        self.retry_after: float | None = None  # for the breaker (429/503 only)
+        self.wait_hint: float | None = None  # Retry-After seconds, for the backoff
+        self.inspector: BodyInspector | None = None
+        self.done = False
+
+    def release(self) -> None:
+        """The attempt ended without a result (cancelled): give the permit back."""
+        if not self.done:
+            self.done = True
+            self.provider.release(self.permit)
+
+    def abandon(self) -> None:
+        """The response was dropped unfinished and is being collected: free the permit, lock-free."""
+        if not self.done:
+            self.done = True
+            self.provider.orphan(self.permit)
+
+    def finish(
+        self, *, failed: bool = False, complete: bool = True, costed: bool = True, judged: bool = True
+    ) -> None:
+        """Record the attempt once: outcome (``failure`` when ``failed``), duration, cost.
+
+        ``judged=False`` (a cancelled stream) records it without a verdict for the breaker.
+        """
+        if self.done:
+            return
+        self.done = True
+        usage: Mapping[str, Any] | None = None
+        problem = None
+        if costed and self.inspector is not None:
+            usage, problem = self.inspector.result(complete)
+        self._record(failed, costed, usage, problem, judged)
+
+    def finish_body(self, body: bytes) -> None:
+        """Record a response whose body was already in memory."""
+        if self.done or self.response is None:
+            return
+        self.done = True
+        usage, problem = whole_body_usage(self.response.headers, body)
+        self._record(False, True, usage, problem, True)
+
+    def _record(
+        self, failed: bool, costed: bool, usage: Mapping[str, Any] | None, problem: str | None, judged: bool
+    ) -> None:
+        provider = self.provider
+        try:
+            now = provider.clock()
+            outcome = "failure" if failed or self.error is not None else self.outcome
+            cost = NO_COST
+            if costed and self.response is not None:
+                cost = self._cost(usage, problem)
+            duration = now - self.start
+            headers_at = self.headers_at  # set for streamed bodies only
+            to_headers = None if headers_at is None else headers_at - self.start
+            call = self.call
+            if outcome == "success" and cost is NO_COST and to_headers is None and judged:
+                provider.record_success(self.permit, duration, now, call.model)
+            else:
+                provider.record(
+                    self.permit, outcome, duration, model=call.model, cost=cost.cost,
+                    cost_unknown=cost.unknown, input_tokens=cost.input_tokens,
+                    output_tokens=cost.output_tokens, retry_after=self.retry_after,
+                    time_to_headers=to_headers, now=now, judged=judged,
+                )
+            stats = call.stats
+            if stats is not None:
+                stats.add_attempt(provider.name, cost=cost.cost, retry=self.number > 1)
+        except Exception:  # instrumentation never breaks a call
+            log.exception("recording an attempt to %s failed", provider.name)
+            provider.count_error("record")
+
+    def _cost(self, usage: Mapping[str, Any] | None, problem: str | None) -> CostResult:
+        provider = self.provider
+        if problem == MALFORMED:
+            provider.count_error("cost_parse")
+        response = self.response
+        if response is None or (usage is None and problem is None and provider.policy.cost is None):
+            return NO_COST
+        return attempt_cost(
+            provider, self.call.model_name, usage, response.headers, unknown=problem is not None
+        )
+
+
+def admit(provider: Provider, model: TimeWindow | None, stats: RequestStats | None) -> int:
+    """A permit from the breaker; a rejection is counted in the request's totals too.
+
+    Raises:
+        CircuitOpenError: the breaker did not admit the attempt.
+    """
+    try:
+        return provider.admit(model)
+    except CircuitOpenError:
+        if stats is not None:
+            stats.add_rejection(provider.name)
+        raise

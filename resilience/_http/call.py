@@ -1,0 +1,204 @@
+"""One call through :class:`resilience.ResilientTransport`: admission, first attempt, delivery.
+
+A :class:`Call` resolves its request's provider and model and takes the
+first permit when it is made (raising :class:`resilience.CircuitOpenError`
+when the breaker rejects it). The first attempt is sent; only when it asks
+for a retry does :mod:`resilience._http.loop` take over. The final response
+is delivered with its stream wrapped to record the attempt when the body
+ends (:mod:`resilience._http.stream`), or recorded at once when its body is
+already in memory; an error is raised unchanged.
+
+Requests of both stacks take this one path; :class:`Call.stack` names the
+request's, whose classes and exceptions everything here is judged by.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+import httpx2
+
+from resilience._core import context as _context
+from resilience._core.clock import AsyncSleep, Sleep
+from resilience._core.config import RetryPolicy
+from resilience._core.context import RequestStats
+from resilience._core.provider import Provider
+from resilience._core.retry import RetryBudget, parse_retry_after
+from resilience._core.window import TimeWindow
+from resilience._http.attempt import Attempt, admit
+from resilience._http.inspect import BodyInspector, in_memory_body
+from resilience._http.loop import retry_async, retry_sync
+from resilience._http.resolve import Resolver, model_from_body
+from resilience._http.stacks import Stack
+from resilience._http.stale import send_watching_async, send_watching_sync
+from resilience._http.stream import AsyncRecordingStream, SyncRecordingStream
+
+if TYPE_CHECKING:
+    from resilience._http.transport import ResilientTransport
+
+SyncSend = Callable[[httpx2.Request], httpx2.Response]
+AsyncSend = Callable[[httpx2.Request], Awaitable[httpx2.Response]]
+
+
+class Call:
+    """The state of one call; see the module docstring."""
+
+    __slots__ = (
+        "budgets", "model", "model_name", "provider", "request", "stack", "stale_done", "stats",
+        "traced",
+    )
+
+    def __init__(
+        self, transport: ResilientTransport, stack: Stack, request: httpx2.Request, traced: bool
+    ) -> None:
+        """Resolve ``request``'s provider and model (nothing is admitted yet)."""
+        self.request = request
+        self.stack = stack
+        self.traced = traced
+        self.budgets: dict[str, RetryBudget] = transport._budgets
+        self.provider = provider = resolve(transport._resolve, request)
+        extensions = request.extensions
+        name = extensions.get("model")
+        if name.__class__ is not str:
+            name = model_from_body(request, stack)
+        self.model_name: str | None = name
+        self.model: TimeWindow | None = None
+        if name is not None:
+            self.model = provider._models.get(name) or provider.model_window(name)
+        self.stats: RequestStats | None = _context._current.get() if _context.opened else None
+        self.stale_done = False
+
+    @property
+    def retry(self) -> RetryPolicy:
+        """The provider's retry policy."""
+        return self.provider.policy.retry
+
+    def admit_first(self) -> Attempt:
+        """The first attempt, admitted (raises :class:`CircuitOpenError` when the breaker rejects it)."""
+        provider = self.provider
+        permit = provider.breaker.closed_permit
+        if permit < 0:
+            permit = admit(provider, self.model, self.stats)
+        return Attempt(self, permit, provider.clock(), 1)
+
+    def failed(self, attempt: Attempt, exc: Exception) -> Attempt:
+        """An attempt that raised: a failure recorded at once (unless the request never left)."""
+        stack = self.stack
+        if isinstance(exc, stack.not_sent):
+            attempt.release()
+            raise exc
+        attempt.error = exc
+        attempt.finish(failed=True)
+        if isinstance(exc, stack.transport_error) and self.retry.retry_transport_errors:
+            attempt.reason = "timeout" if isinstance(exc, stack.timeout_error) else "transport_error"
+        return attempt
+
+    def responded(self, attempt: Attempt, response: httpx2.Response) -> Attempt:
+        """An attempt that got response headers: classify it, see whether it asks for a retry."""
+        attempt.headers_at = self.provider.clock()
+        attempt.response = response
+        status = response.status_code
+        provider = self.provider
+        if status < provider.plain_below:
+            return attempt  # a plain success: nothing to classify, no Retry-After to read
+        policy = provider.policy
+        attempt.outcome = outcome = policy.outcome_for_status(status)
+        retryable = status in policy.retry.retry_statuses
+        if retryable or outcome == "throttled" or status == 503:
+            hint = parse_retry_after(response.headers.get("retry-after"))
+            attempt.wait_hint = hint
+            if outcome == "throttled" or status == 503:
+                attempt.retry_after = hint
+            if retryable:
+                attempt.reason = f"status_{status}"
+        return attempt
+
+    # -- sending, with the stale-connection resend -----------------------------
+
+    def send_sync(self, send: SyncSend) -> httpx2.Response:
+        """Send once; resend once at once if the request provably never reached the provider whole."""
+        if not self.traced:
+            return send(self.request)  # no pool of ours behind it: nothing to tell
+        return send_watching_sync(send, self.request, self.stack, self.may_resend)
+
+    async def send_async(self, send: AsyncSend) -> httpx2.Response:
+        """:meth:`send_sync` for async transports."""
+        if not self.traced:
+            return await send(self.request)
+        return await send_watching_async(send, self.request, self.stack, self.may_resend)
+
+    def may_resend(self) -> bool:
+        """The request provably never reached the provider whole: resend it (once a call, replayable only)?"""
+        if self.stale_done or not isinstance(self.request.stream, self.stack.byte_stream):
+            return False
+        self.stale_done = True
+        self.provider.count_retry("stale_connection")
+        return True
+
+    # -- the whole call --------------------------------------------------------
+
+    def run_sync(self, send: SyncSend, sleep: Sleep) -> httpx2.Response:
+        """Run the call to its response (or raise its last error)."""
+        attempt = self.admit_first()
+        try:
+            response = self.send_sync(send)
+        except BaseException as exc:
+            attempt = self.first_failed(attempt, exc)
+        else:
+            attempt = self.responded(attempt, response)
+        if attempt.reason is not None and self.retry.attempts > 1:
+            attempt = retry_sync(self, attempt, send, sleep)
+        return self.deliver(attempt, SyncRecordingStream)
+
+    async def run_async(self, send: AsyncSend, sleep: AsyncSleep) -> httpx2.Response:
+        """:meth:`run_sync` for async transports."""
+        attempt = self.admit_first()
+        try:
+            response = await self.send_async(send)
+        except BaseException as exc:
+            attempt = self.first_failed(attempt, exc)
+        else:
+            attempt = self.responded(attempt, response)
+        if attempt.reason is not None and self.retry.attempts > 1:
+            attempt = await retry_async(self, attempt, send, sleep)
+        return self.deliver(attempt, AsyncRecordingStream)
+
+    def first_failed(self, attempt: Attempt, exc: BaseException) -> Attempt:
+        """The first attempt raised: a failed attempt, or (cancelled) the permit back and re-raise."""
+        if not isinstance(exc, Exception):
+            attempt.release()
+            raise exc
+        return self.failed(attempt, exc)
+
+    def deliver(
+        self, attempt: Attempt, wrap: type[SyncRecordingStream] | type[AsyncRecordingStream]
+    ) -> httpx2.Response:
+        """The final attempt's response, its stream wrapped to record at its end (or its error raised)."""
+        if attempt.error is not None:
+            raise attempt.error
+        response = attempt.response
+        if response is None:  # pragma: no cover - an attempt ends in a response or an error
+            raise RuntimeError("an attempt ended with neither a response nor an error")
+        if attempt.done:
+            return response  # recorded already: the breaker ended the retries
+        stream = response.stream
+        if stream.__class__ is self.stack.byte_stream:
+            attempt.headers_at = None  # not streamed: the body is already here
+            attempt.finish_body(in_memory_body(stream))  # type: ignore[arg-type]  # a ByteStream
+        else:
+            attempt.inspector = BodyInspector.for_headers(response.headers)
+            response.stream = wrap(stream, attempt)  # type: ignore[arg-type]  # the matching side
+        return response
+
+
+def resolve(resolver: Resolver, request: httpx2.Request) -> Provider:
+    """The provider of ``request``: a registered host without a lookup, else :class:`Resolver`."""
+    extensions = request.extensions
+    if "provider" in extensions and extensions["provider"] is not None:
+        return resolver(request)
+    try:
+        host = request.url._uri_reference.host  # url.host without its property call: equal for ASCII hosts
+    except AttributeError:  # pragma: no cover - a future httpx that renames it
+        host = request.url.host
+    return resolver.known.get(host) or resolver(request)  # an IDNA host misses, is resolved

@@ -1,0 +1,221 @@
+"""Watch a response body go by, bounded, and find its ``usage`` object.
+
+* JSON bodies (``application/json``, ``*+json``) are kept as they stream up
+  to :data:`JSON_CAP`; past it the cost is unknown. They are parsed only if
+  ``"usage"`` occurs in them.
+* SSE streams (``text/event-stream``) are scanned line by line as they pass:
+  only the current, unfinished line is kept (bounded by :data:`LINE_CAP`),
+  and a ``data:`` line is parsed only if it mentions ``usage``. Usage is
+  cumulative, so later values replace earlier ones field by field (Anthropic
+  sends input tokens first, output tokens last); ``[DONE]`` is ignored.
+* ``gzip`` and ``deflate`` bodies are decoded on the fly, bounded too; other
+  encodings cannot be read (the cost is unknown).
+
+Other content types are not inspected at all.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import httpx2
+
+if TYPE_CHECKING:
+    from resilience._http.stacks import AnyHeaders
+
+JSON_CAP = 1 << 20
+"""Bytes of a JSON body kept to find its usage."""
+
+LINE_CAP = 1 << 20
+"""Longest SSE line kept; longer lines are skipped."""
+
+MALFORMED = "malformed"
+"""A problem worth counting: the body says it holds usage but cannot be parsed."""
+
+INCOMPLETE = "incomplete"
+"""The body did not end (closed early, failed, too large, unreadable encoding)."""
+
+
+def in_memory_body(stream: httpx2.ByteStream) -> bytes:
+    """The raw bytes of an in-memory body, still content-encoded as the headers say.
+
+    The cost finder decodes ``gzip``/``deflate`` itself, by the headers; the
+    already-decoded ``response.content`` would fail that decoding and lose
+    the cost.
+    """
+    try:
+        body = stream._stream  # what ByteStream iterates over, without a generator per call
+    except AttributeError:  # pragma: no cover - a future httpx that renames it
+        return b"".join(stream)
+    return body if body.__class__ is bytes else b"".join(stream)
+
+
+class BodyInspector:
+    """Fed every chunk of one response body; :meth:`result` gives the usage found."""
+
+    __slots__ = (
+        "_chunks", "_decoder", "_malformed", "_partial", "_problem", "_size", "_skip_line", "_sse", "_usage",
+    )
+
+    def __init__(self, *, sse: bool, encoding: bytes | None = None) -> None:
+        self._sse = sse
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self._partial = b""
+        self._skip_line = False
+        self._usage: dict[str, Any] | None = None
+        self._problem: str | None = None
+        self._malformed = False
+        self._decoder = None if encoding is None else zlib.decompressobj(zlib.MAX_WBITS | 32)
+
+    @classmethod
+    def for_headers(cls, headers: AnyHeaders) -> BodyInspector | None:
+        """An inspector for a response with these headers, or ``None`` if the body holds no usage."""
+        kind, encoding = body_kind(headers)
+        if kind is None:
+            return None
+        inspector = cls(sse=kind == "sse", encoding=encoding)
+        if encoding is not None and encoding not in (b"gzip", b"x-gzip", b"deflate"):
+            inspector._problem = INCOMPLETE
+        return inspector
+
+    def feed(self, chunk: bytes) -> None:
+        """Look at one chunk of the (encoded) body; never raises."""
+        if self._problem is not None or not chunk:
+            return
+        if self._decoder is not None:
+            chunk = self._decode(chunk)
+        if self._sse:
+            self._feed_sse(chunk)
+            return
+        self._size += len(chunk)
+        if self._size > JSON_CAP:
+            self._problem = INCOMPLETE
+            self._chunks.clear()
+        else:
+            self._chunks.append(chunk)
+
+    def _decode(self, chunk: bytes) -> bytes:
+        assert self._decoder is not None
+        try:
+            out = self._decoder.decompress(chunk, JSON_CAP + 1)
+        except zlib.error:
+            self._problem = MALFORMED
+            return b""
+        if self._decoder.unconsumed_tail:  # more than the cap from one chunk: a bomb or a huge body
+            self._problem = INCOMPLETE
+            return b""
+        return out
+
+    def _feed_sse(self, chunk: bytes) -> None:
+        data = self._partial + chunk if self._partial else chunk
+        cut = data.rfind(b"\n")
+        if cut < 0:
+            self._keep_partial(data)
+            return
+        complete, rest = data[:cut], data[cut + 1 :]
+        if complete.find(b"usage") >= 0:  # find, not ``in``: on bytes ``in`` first tries an int
+            lines = complete.split(b"\n")
+            if self._skip_line:
+                lines[0] = b""
+            for line in lines:
+                if line.find(b"usage") >= 0:
+                    self._sse_line(line)
+        self._skip_line = False
+        self._keep_partial(rest)
+
+    def _keep_partial(self, data: bytes) -> None:
+        if len(data) > LINE_CAP:
+            self._partial, self._skip_line = b"", True
+        else:
+            self._partial = data
+
+    def _sse_line(self, line: bytes) -> None:
+        line = line.strip()
+        if not line.startswith(b"data:"):
+            return
+        try:
+            event = json.loads(line[5:])
+        except (ValueError, RecursionError):  # RecursionError: nested too deep to parse
+            self._malformed = True
+            return
+        if not isinstance(event, dict):
+            return
+        usage = event.get("usage")
+        if usage is None and isinstance(event.get("message"), dict):
+            usage = event["message"].get("usage")  # Anthropic's message_start
+        if isinstance(usage, dict):
+            if self._usage is None:
+                self._usage = {}
+            self._usage.update(usage)
+
+    def result(self, complete: bool) -> tuple[Mapping[str, Any] | None, str | None]:
+        """``(usage or None, problem or None)`` once the body has ended (``complete``) or stopped."""
+        if self._sse:
+            if self._partial and not self._skip_line and self._partial.find(b"usage") >= 0:
+                self._sse_line(self._partial)
+                self._partial = b""
+            if self._usage is not None:
+                return self._usage, None
+            if self._malformed:
+                return None, MALFORMED
+            return None, self._problem or (None if complete else INCOMPLETE)
+        if self._problem is not None:
+            return None, self._problem
+        if not complete:
+            return None, INCOMPLETE
+        return json_usage(b"".join(self._chunks))
+
+
+def json_usage(body: bytes) -> tuple[Mapping[str, Any] | None, str | None]:
+    """The ``usage`` object of a whole JSON body: ``(usage or None, problem or None)``."""
+    if b'"usage"' not in body:
+        return None, None
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):  # RecursionError: nested too deep to parse
+        return None, MALFORMED
+    usage = data.get("usage") if isinstance(data, dict) else None
+    return (usage, None) if isinstance(usage, dict) else (None, None)
+
+
+def body_kind(headers: AnyHeaders) -> tuple[str | None, bytes | None]:
+    """``("json" | "sse" | None, content-encoding or None)`` of a response, in one pass."""
+    content_type = encoding = None
+    # httpx keeps (raw, lowercased, value) triples: reading them is 7x faster than two .get()
+    items = getattr(headers, "_list", None)
+    if items is None:  # pragma: no cover - another httpx layout
+        items = [(key, key.lower(), value) for key, value in headers.raw]
+    for _, key, value in items:
+        if key == b"content-type":
+            content_type = value
+        elif key == b"content-encoding":
+            encoding = value.strip().lower()
+    if content_type is None:
+        return None, None
+    mime = content_type.partition(b";")[0].strip().lower()
+    if encoding == b"identity" or encoding == b"":
+        encoding = None
+    if mime == b"application/json" or mime.endswith(b"+json"):
+        return "json", encoding
+    if mime == b"text/event-stream":
+        return "sse", encoding
+    return None, None
+
+
+def whole_body_usage(headers: AnyHeaders, body: bytes) -> tuple[Mapping[str, Any] | None, str | None]:
+    """:meth:`BodyInspector.result` for a body already in memory."""
+    kind, encoding = body_kind(headers)
+    if kind is None:
+        return None, None
+    if kind == "json" and encoding is None:
+        if len(body) > JSON_CAP:
+            return None, INCOMPLETE
+        return json_usage(body)
+    inspector = BodyInspector.for_headers(headers)
+    assert inspector is not None
+    inspector.feed(body)
+    return inspector.result(True)

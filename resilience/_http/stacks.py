@@ -1,0 +1,124 @@
+"""The HTTP stacks a transport serves: httpx2 (always) and httpx (whenever importable).
+
+httpx2 is pydantic's continuation of httpx: the same API in classes of its
+own (an ``isinstance`` against one never matches the other's objects). The
+official OpenAI and Anthropic SDKs run on it; older code runs on httpx; a
+gateway runs both in one process. A request is answered in its own stack's
+types: its response, its streams, its exceptions, through that stack's
+default transport unless one is given.
+
+Everything the HTTP layer takes from a stack goes through a :class:`Stack`,
+found per request by the request's class (:func:`stack_of`, one dict lookup).
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+import httpx2
+
+from resilience._http.errors import HttpxStreamTimeoutError, StreamTimeoutError
+
+if TYPE_CHECKING:
+    from typing import TypeAlias
+
+    import httpx
+
+    AnyRequest: TypeAlias = httpx2.Request | httpx.Request
+    AnyHeaders: TypeAlias = httpx2.Headers | httpx.Headers
+    AnyAsyncClient: TypeAlias = httpx2.AsyncClient | httpx.AsyncClient
+    AnyAsyncTransport: TypeAlias = httpx2.AsyncBaseTransport | httpx.AsyncBaseTransport
+else:
+    try:
+        import httpx
+    except ImportError:  # the legacy stack is optional
+        httpx = None
+
+
+def _bases(*classes: Any) -> tuple[type, ...]:
+    """``classes`` without repeats (after ``httpx2.alias_httpx()`` the two stacks are one)."""
+    return tuple(dict.fromkeys(c for c in classes if c is not None))
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Stack:
+    """What the HTTP layer uses of one stack."""
+
+    name: str
+    module: ModuleType
+    byte_stream: type
+    """The in-memory body stream (``ByteStream``), compared by class."""
+    not_sent: tuple[type[BaseException], ...]
+    """Errors on our side: the request never reached the provider (nothing is recorded)."""
+    stale_errors: tuple[type[BaseException], ...]
+    """Errors a dead pooled connection shows up as."""
+    transport_error: type[Exception]
+    timeout_error: type[Exception]
+    stream_timeout: type[StreamTimeoutError]
+    http_transports: tuple[type, ...]
+    """The stack's own (httpcore-backed) transports, whose connection reuse can be traced."""
+
+    def default_transport(self, *, sync: bool) -> Any:
+        """A new default transport of this stack (``HTTPTransport`` / ``AsyncHTTPTransport``)."""
+        module = self.module
+        return module.HTTPTransport() if sync else module.AsyncHTTPTransport()
+
+
+def _stack(name: str, module: Any, stream_timeout: type[StreamTimeoutError]) -> Stack:
+    return Stack(
+        name=name,
+        module=module,
+        byte_stream=module.ByteStream,
+        not_sent=(module.UnsupportedProtocol, module.LocalProtocolError, module.PoolTimeout),
+        stale_errors=(module.RemoteProtocolError, module.ConnectError, module.ReadError, module.WriteError),
+        transport_error=module.TransportError,
+        timeout_error=module.TimeoutException,
+        stream_timeout=stream_timeout,
+        http_transports=(module.HTTPTransport, module.AsyncHTTPTransport),
+    )
+
+
+HTTPX2 = _stack("httpx2", httpx2, StreamTimeoutError)
+HTTPX: Stack | None = None
+if httpx is not None and httpx is not httpx2:
+    assert HttpxStreamTimeoutError is not None  # defined whenever httpx is a stack of its own
+    HTTPX = _stack("httpx", httpx, HttpxStreamTimeoutError)
+
+STACKS: tuple[Stack, ...] = (HTTPX2,) if HTTPX is None else (HTTPX2, HTTPX)
+_BY_REQUEST: dict[type, Stack] = {s.module.Request: s for s in STACKS}
+
+SYNC_STREAM_BASES = _bases(httpx2.SyncByteStream, httpx and httpx.SyncByteStream)
+ASYNC_STREAM_BASES = _bases(httpx2.AsyncByteStream, httpx and httpx.AsyncByteStream)
+"""The stream classes a response stream of ours subclasses, so either stack's client accepts it."""
+
+
+def stack_of(request: Any) -> Stack:
+    """The stack ``request`` belongs to.
+
+    Raises:
+        TypeError: it is no request of a stack this transport serves.
+    """
+    stack = _BY_REQUEST.get(request.__class__)
+    if stack is not None:
+        return stack
+    for stack in STACKS:  # a subclass of a stack's Request
+        if isinstance(request, stack.module.Request):
+            return stack
+    served = " and ".join(f"{s.name}.Client / {s.name}.AsyncClient" for s in STACKS)
+    hint = "" if HTTPX is not None or "httpx" in sys.modules else " (httpx is not installed)"
+    raise TypeError(
+        f"ResilientTransport serves {served}{hint}; it was given {type(request).__module__}."
+        f"{type(request).__qualname__}, not a request of those clients"
+    )
+
+
+def stack_of_transport(transport: object) -> Stack | None:
+    """The one stack a transport given as ``transport=`` belongs to, by its base classes.
+
+    ``None`` when it belongs to none (duck-typed) or to both (it serves either).
+    """
+    found = [s for s in STACKS if isinstance(transport, s.module.BaseTransport | s.module.AsyncBaseTransport)]
+    return found[0] if len(found) == 1 else None
