@@ -1,0 +1,188 @@
+"""The two programs ``bench_callgrind.py`` starts: the upstream, and the client it counts.
+
+::
+
+    python callgrind_client.py serve FD                       # uvicorn on the bound socket FD
+    python callgrind_client.py CASE STACK MODE N WARMUP URL   # run under callgrind
+
+The client builds its client (or breaker) once, sends ``WARMUP`` requests,
+prints ``warm`` and waits for a line on stdin (the harness switches
+callgrind's instrumentation on meanwhile), then sends ``N`` more; only ``N``
+differs between the two runs the harness subtracts. ``STACK`` is ``httpx``
+or ``httpx2`` (for ``guard``, the peer: ``pybreaker`` or ``circuitbreaker``);
+``MODE`` is ``bare`` or ``wrapped`` (through ``resilience.ResilientTransport``,
+or ``registry.guard``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import os
+import socket
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+Message = dict[str, Any]
+PAYLOAD = {"model": "gpt-4o", "messages": [{"role": "user", "content": "Say hi."}]}
+COMPLETION = {
+    "id": "chatcmpl-1", "object": "chat.completion", "model": "gpt-4o",
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hi."}, "finish_reason": "stop"}],
+}
+USAGE = {"prompt_tokens": 10, "completion_tokens": 20, "cost": 0.0001}
+BODIES = {
+    "/json": json.dumps(COMPLETION).encode(),
+    "/cost": json.dumps({**COMPLETION, "usage": USAGE}).encode(),
+}
+DELTAS = 20
+
+
+def _event(data: object) -> bytes:
+    return b"data: " + json.dumps(data).encode() + b"\n\n"
+
+
+SSE_EVENTS = [
+    *(_event({"id": "chatcmpl-1", "object": "chat.completion.chunk", "model": "gpt-4o",
+              "choices": [{"index": 0, "delta": {"content": f"token{i} "}}]}) for i in range(DELTAS)),
+    _event({"id": "chatcmpl-1", "object": "chat.completion.chunk", "model": "gpt-4o", "choices": [],
+            "usage": USAGE}),
+    b"data: [DONE]\n\n",
+]
+"""22 ``data:`` events: 20 content deltas, the usage with its cost, ``[DONE]``; one chunk each."""
+
+
+async def upstream(scope: Message, receive: Callable[[], Awaitable[Message]],
+                   send: Callable[[Message], Awaitable[None]]) -> None:
+    """A raw ASGI app: ``/json`` and ``/cost`` answer a completion, ``/sse`` streams one."""
+    while (await receive()).get("more_body"):
+        pass
+    if scope["path"] == "/sse":
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/event-stream")]})
+        for event in SSE_EVENTS:
+            await send({"type": "http.response.body", "body": event, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+        return
+    body = BODIES.get(scope["path"])
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body or b"")).encode())]
+    await send({"type": "http.response.start", "status": 404 if body is None else 200, "headers": headers})
+    await send({"type": "http.response.body", "body": body or b""})
+
+
+def serve(fd: int) -> None:
+    """Serve :func:`upstream` with uvicorn on the socket the harness bound (and passed as ``fd``)."""
+    import uvicorn
+
+    config = uvicorn.Config(upstream, lifespan="off", ws="none", log_level="critical", access_log=False,
+                            timeout_keep_alive=600)
+    uvicorn.Server(config).run(sockets=[socket.socket(fileno=fd)])
+
+
+def _registry() -> Any:
+    import resilience
+
+    registry = resilience.ProviderRegistry()
+    registry.register("p", hosts=["127.0.0.1"])
+    return registry
+
+
+def _transport(stack: Any, mode: str, *, sync: bool) -> Any:
+    if mode == "wrapped":
+        import resilience
+
+        return resilience.ResilientTransport(_registry())
+    return stack.HTTPTransport() if sync else stack.AsyncHTTPTransport()
+
+
+def _checked(response: Any) -> None:
+    if response.status_code != 200:
+        sys.exit(f"upstream answered {response.status_code}")
+
+
+def _sync_request(client: Any, case: str) -> Callable[[], None]:
+    """One request of ``case``, its body read to the end."""
+    if case == "sync_sse":
+        def stream() -> None:
+            with client.stream("POST", "/sse", json=PAYLOAD) as response:
+                _checked(response)
+                for _ in response.iter_bytes():
+                    pass
+
+        return stream
+    path = "/cost" if case == "sync_cost" else "/json"
+    return lambda: _checked(client.post(path, json=PAYLOAD))
+
+
+def _guard_call(peer: str, mode: str) -> Callable[[], None]:
+    """One call of a no-op through ``registry.guard`` (wrapped) or the peer's documented API (bare)."""
+    if mode == "wrapped":
+        guard = _registry().guard
+
+        def ours() -> None:
+            with guard("p"):
+                pass
+
+        return ours
+    module = importlib.import_module(peer)
+    if peer == "pybreaker":
+        breaker = module.CircuitBreaker()
+        return lambda: breaker.call(_noop)
+    decorated: Callable[[], None] = module.CircuitBreaker(name="bench")(_noop)
+    return decorated
+
+
+def _noop() -> None:
+    pass
+
+
+def _warm() -> None:
+    """Say so, and wait for the go (a blocking read: nothing else runs meanwhile)."""
+    print("warm", flush=True)
+    sys.stdin.readline()
+
+
+async def _async_requests(stack: Any, mode: str, base_url: str, warmup: int, n: int) -> None:
+    async with stack.AsyncClient(transport=_transport(stack, mode, sync=False), base_url=base_url) as client:
+        for _ in range(warmup):
+            _checked(await client.post("/cost", json=PAYLOAD))
+        _warm()
+        for _ in range(n):
+            _checked(await client.post("/cost", json=PAYLOAD))
+
+
+def run(case: str, stack_name: str, mode: str, n: int, warmup: int, base_url: str) -> None:
+    """Build once, then ``warmup`` requests (or guarded calls) of ``case``, then ``n`` once told."""
+    if case == "guard":
+        _repeat(_guard_call(stack_name, mode), warmup, n)
+        return
+    stack = importlib.import_module(stack_name)
+    if case == "async_cost":
+        asyncio.run(_async_requests(stack, mode, base_url, warmup, n))
+        return
+    with stack.Client(transport=_transport(stack, mode, sync=True), base_url=base_url) as client:
+        _repeat(_sync_request(client, case), warmup, n)
+
+
+def _repeat(call: Callable[[], None], warmup: int, n: int) -> None:
+    for _ in range(warmup):
+        call()
+    _warm()
+    for _ in range(n):
+        call()
+
+
+def main(argv: list[str]) -> None:
+    """``serve FD``, or ``CASE STACK MODE N WARMUP URL``."""
+    if argv[:1] == ["serve"]:
+        serve(int(argv[1]))
+        return
+    case, stack, mode, n, warmup, base_url = argv
+    run(case, stack, mode, int(n), int(warmup), base_url)
+    sys.stdout.flush()
+    os._exit(0)  # no interpreter teardown: the same in both runs, and slow under callgrind
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
