@@ -480,9 +480,13 @@ async def test_streamed_responses_under_concurrency() -> None:
 # -- stale pooled connections (the trace events httpcore sends, played by hand) ---------------
 
 
-def Pooled(*script: tuple[list[str], Exception | None]) -> Any:  # stands for a class
-    """A transport of the stack under test whose pool is scripted: each send plays trace events,
-    then answers or fails (an error given as ``(class name, message)`` is made in that stack)."""
+WRITTEN, CUT, UNTOUCHED = "written", "cut", "untouched"
+"""How far a scripted send got with the request body: written whole, its write failed, never begun."""
+
+
+def Pooled(*script: tuple[str, Exception | None]) -> Any:  # stands for a class
+    """A transport of the stack under test whose sends are scripted: each writes the body as far as
+    told (iterating the request stream as httpcore does), then answers 200 or raises (in that stack)."""
 
     class Pooled(httpx.HTTPTransport):
         def __init__(self) -> None:
@@ -491,12 +495,13 @@ def Pooled(*script: tuple[list[str], Exception | None]) -> Any:  # stands for a 
             self.sent = 0
 
         def handle_request(self, request: httpx.Request) -> httpx.Response:
-            events, error = self.script[min(self.sent, len(self.script) - 1)]
+            written, error = self.script[min(self.sent, len(self.script) - 1)]
             self.sent += 1
-            trace = request.extensions.get("trace")
-            for event in events:
-                if trace is not None:
-                    trace(event, {})
+            chunks = iter(request.stream)  # type: ignore[arg-type]  # a sync body
+            if written != UNTOUCHED:
+                next(chunks)  # the body's chunk goes out ...
+            if written == WRITTEN:
+                assert next(chunks, None) is None  # ... and its write returned: httpcore asks for more
             if error is not None:
                 raise in_stack(error)
             return httpx.Response(200)
@@ -509,40 +514,27 @@ def in_stack(error: Exception) -> Exception:
     return getattr(httpx, type(error).__name__)(*error.args)  # type: ignore[no-any-return]
 
 
-HEADERS = ["http11.send_request_headers.started", "http11.send_request_headers.complete"]
-BODY_CUT = ["http11.send_request_body.started", "http11.send_request_body.failed"]
-READ = ["http11.receive_response_headers.started", "http11.receive_response_headers.failed"]
-CUT = [*HEADERS, *BODY_CUT, *READ]
-"""httpcore's events of a request whose body write failed (swallowed), then the read."""
-WHOLE = [*HEADERS, "http11.send_request_body.started", "http11.send_request_body.complete", *READ]
-"""httpcore's events of a request written whole, then failed reading the response."""
-FRESH = ["connection.connect_tcp.started", "connection.connect_tcp.complete"]
 DISCONNECTED = httpx.RemoteProtocolError("Server disconnected without sending a response.")
 
 
 @pytest.mark.parametrize(
     ("first", "sent", "outcomes", "retries"),
     [
-        pytest.param((CUT, DISCONNECTED), 2, {"success": 1}, {"stale_connection": 1}, id="reused-cut-resent"),
-        pytest.param(
-            (["http11.send_request_headers.started", "http11.send_request_headers.failed", *READ],
-             httpx.ReadError("reset")),
-            2, {"success": 1}, {"stale_connection": 1}, id="reused-headers-cut-resent",
-        ),
-        pytest.param((WHOLE, DISCONNECTED), 1, {"failure": 1}, {}, id="reused-written-whole-is-a-failure"),
-        pytest.param((WHOLE, httpx.ReadError("reset")), 1, {"failure": 1}, {}, id="reused-reset-a-failure"),
-        pytest.param(([*FRESH, *CUT], DISCONNECTED), 1, {"failure": 1}, {}, id="fresh-is-a-failure"),
-        pytest.param(
-            ([*WHOLE[:-1], "http11.receive_response_headers.complete"], httpx.ReadError("reset")),
-            1, {"failure": 1}, {}, id="after-headers-is-a-failure",
-        ),
+        pytest.param((CUT, DISCONNECTED), 2, {"success": 1}, {"stale_connection": 1}, id="body-cut-resent"),
+        pytest.param((UNTOUCHED, httpx.ReadError("reset")), 2, {"success": 1}, {"stale_connection": 1},
+                     id="headers-cut-resent"),
+        pytest.param((WRITTEN, DISCONNECTED), 1, {"failure": 1}, {}, id="written-whole-is-a-failure"),
+        pytest.param((WRITTEN, httpx.ReadError("reset")), 1, {"failure": 1}, {},
+                     id="written-then-reset-a-failure"),
+        pytest.param((UNTOUCHED, httpx.ConnectError("refused")), 1, {"failure": 1}, {},
+                     id="connect-error-is-a-failure"),
     ],
 )
 def test_stale_connection_resent_once_and_not_recorded(
-    first: tuple[list[str], Exception], sent: int, outcomes: dict[str, int], retries: dict[str, int]
+    first: tuple[str, Exception], sent: int, outcomes: dict[str, int], retries: dict[str, int]
 ) -> None:
-    """Only a reused connection failing a request before it was written whole: resent at once, unrecorded."""
-    pooled = Pooled(first, ([*FRESH, *WHOLE[:-1]], None))
+    """Only a request whose body was not written whole is resent: at once, unrecorded, once."""
+    pooled = Pooled(first, (WRITTEN, None))
     registry = ProviderRegistry(Policy(retry=RetryPolicy(attempts=1)), clock=FakeClock())
     client = httpx.Client(transport=ResilientTransport(registry, pooled))
     if "failure" in outcomes:
@@ -556,16 +548,17 @@ def test_stale_connection_resent_once_and_not_recorded(
     assert snap.retries_total == retries
 
 
-def test_stale_resend_happens_once_and_keeps_the_callers_trace() -> None:
-    """Two cut-short writes in a row: one resend only; a trace extension of the caller still hears all."""
+def test_stale_resend_happens_once_and_leaves_the_request_as_it_was() -> None:
+    """Two cut-short writes in a row: one resend only, then the failure; the request keeps its own body."""
     pooled = Pooled((CUT, DISCONNECTED))
-    heard: list[str] = []
     registry = ProviderRegistry(Policy(retry=RetryPolicy(attempts=1)), clock=FakeClock())
     client = httpx.Client(transport=ResilientTransport(registry, pooled))
+    request = client.build_request("POST", "https://openrouter.ai/v1", json={"model": "m"})
+    stream = request.stream
     with pytest.raises(httpx.RemoteProtocolError):
-        client.get("https://openrouter.ai/v1", extensions={"trace": lambda name, info: heard.append(name)})
+        client.send(request)
     assert pooled.sent == 2
-    assert heard == CUT * 2
+    assert request.stream is stream
     assert registry.get("openrouter.ai").snapshot().requests_total["failure"] == 1
 
 

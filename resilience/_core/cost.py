@@ -20,7 +20,7 @@ import logging
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeAlias
+from typing import Any, NamedTuple, Protocol, TypeAlias
 
 from resilience._core.errors import ConfigError
 
@@ -48,6 +48,9 @@ CostExtractor: TypeAlias = Callable[[str | None, Mapping[str, Any] | None, Mappi
 """``(model, usage, headers) -> USD or None``; ``None`` means no cost known for the attempt."""
 
 
+_NUMBER = (int, float)
+
+
 class CostParseError(ValueError):
     """A body or header that should hold a cost is malformed (counted, never raised to callers)."""
 
@@ -65,7 +68,7 @@ def usage_cost(
     cost = usage.get("cost")
     if cost is None:
         return None
-    if isinstance(cost, bool) or not isinstance(cost, int | float):
+    if isinstance(cost, bool) or not isinstance(cost, _NUMBER):
         raise CostParseError(f"usage.cost is not a number: {cost!r}")
     try:
         return float(cost)
@@ -83,13 +86,11 @@ def usage_tokens(usage: Mapping[str, Any] | None) -> tuple[int, int]:
     completion = usage.get("completion_tokens")
     if completion is None:
         completion = usage.get("output_tokens")
-    return _tokens(prompt), _tokens(completion)
-
-
-def _tokens(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        return 0
-    return value
+    # exactly int (not bool), and not negative
+    return (
+        prompt if prompt.__class__ is int and prompt >= 0 else 0,
+        completion if completion.__class__ is int and completion >= 0 else 0,
+    )
 
 
 class PriceTable:
@@ -170,8 +171,7 @@ class HeaderCost:
         return cost
 
 
-@dataclass(frozen=True, slots=True)
-class CostResult:
+class CostResult(NamedTuple):
     """What an attempt cost: USD (or ``None``), whether it is unknown, and its tokens."""
 
     cost: float | None = None
@@ -181,6 +181,27 @@ class CostResult:
 
 
 NO_COST = CostResult()
+
+
+def usage_result(usage: Mapping[str, Any], unknown: bool = False) -> CostResult | None:
+    """:func:`attempt_cost` with the default extractor, in one step: ``None`` when ``usage.cost``
+    is there but not a number (the slow path counts it)."""
+    cost = usage.get("cost")
+    prompt = usage.get("prompt_tokens")
+    if prompt is None:
+        prompt = usage.get("input_tokens")
+    completion = usage.get("completion_tokens")
+    if completion is None:
+        completion = usage.get("output_tokens")
+    tokens_in = prompt if prompt.__class__ is int and prompt >= 0 else 0
+    tokens_out = completion if completion.__class__ is int and completion >= 0 else 0
+    if cost is None:
+        if unknown or tokens_in or tokens_out:
+            return CostResult(None, unknown, tokens_in, tokens_out)
+        return NO_COST
+    if cost.__class__ is float:
+        return CostResult(cost, False, tokens_in, tokens_out)
+    return None
 
 
 def attempt_cost(
@@ -211,7 +232,7 @@ def attempt_cost(
         return CostResult(None, True, *tokens)
     if cost is None:
         return NO_COST if not (unknown or any(tokens)) else CostResult(None, unknown, *tokens)
-    if isinstance(cost, bool) or not isinstance(cost, int | float):
+    if isinstance(cost, bool) or not isinstance(cost, _NUMBER):
         log.error("cost extractor %r returned %r, not a number", extractor, cost)
         provider.count_error("cost_extractor")
         return CostResult(None, True, *tokens)

@@ -28,6 +28,7 @@ from resilience._core.clock import Clock
 from resilience._core.config import OUTCOMES, ResolvedPolicy
 from resilience._core.errors import CircuitOpenError
 from resilience._core.histogram import DURATION_BUCKETS, PROMETHEUS_BUCKET, bucket_of
+from resilience._core.pending import Entry, Extras, split
 from resilience._core.snapshot import ModelSnapshot, ProviderSnapshot
 from resilience._core.window import REJECTED, SUCCESS, TimeWindow, outcome_index
 
@@ -225,15 +226,41 @@ class Provider:
 
     # -- recording -------------------------------------------------------------
 
-    def record_success(self, permit: int, duration: float, now: float, model: TimeWindow | None) -> None:
-        """A success without cost: lock-free while closed and fast, else :meth:`record`."""
-        if permit == self.breaker.closed_permit and duration < self._slow_s:
+    def record_success(
+        self,
+        permit: int,
+        duration: float,
+        now: float,
+        model: TimeWindow | None,
+        time_to_headers: float | None = None,
+        cost: float | None = None,
+        input_tokens: int = 0,
+        output_tokens: int = 0,
+    ) -> None:
+        """A success: lock-free while closed, not slow and its cost valid, else :meth:`record`.
+
+        Its numbers wait in one pending list (:mod:`resilience._core.pending`)
+        until the next fold; a streamed response's ``time_to_headers``, a
+        ``cost`` and tokens travel with its duration.
+        """
+        judged = duration if time_to_headers is None else time_to_headers
+        if (
+            permit == self.breaker.closed_permit
+            and judged < self._slow_s
+            and (cost is None or 0 <= cost <= MAX_ATTEMPT_COST_USD)
+        ):
             pending = self.stats.pending if model is None else model.pending
-            pending.append(duration)
+            if time_to_headers is None and cost is None and not (input_tokens or output_tokens):
+                pending.append(duration)
+            else:
+                pending.append((duration, time_to_headers, cost, input_tokens, output_tokens))
             if now >= self._fold_at or len(pending) >= FOLD_BATCH:
                 self.fold(now)
             return
-        self.record(permit, "success", duration, model=model, now=now)
+        self.record(
+            permit, "success", duration, model=model, cost=cost, input_tokens=input_tokens,
+            output_tokens=output_tokens, time_to_headers=time_to_headers, now=now,
+        )
 
     def record(
         self,
@@ -310,6 +337,7 @@ class Provider:
         stats = self.stats
         latency: Counter[int] = Counter()
         n, total = 0, 0.0
+        extras: Extras | None = None
         when = now
         fold_at = self._fold_at
         if fold_at <= now and fold_at != -math.inf:
@@ -319,15 +347,25 @@ class Provider:
             pending = window.pending
             if not pending:
                 continue
-            durations = _drain(pending)
+            durations, more = split(_drain(pending))
             counts = Counter(map(bucket_of, durations))
             if window is not stats:
-                window.record_successes(when, len(durations), counts)
+                window.record_successes(when, len(durations), counts, more)
             latency.update(counts)
             n += len(durations)
             total += math.fsum(durations)
+            if more is not None:
+                if extras is None:
+                    extras = more
+                else:
+                    extras.add(more)
         if n:
-            stats.record_successes(when, n, latency)
+            stats.record_successes(when, n, latency, extras)
+            if extras is not None:
+                self.cost_total += extras.cost
+                if extras.headers:
+                    headers = Counter(map(bucket_of, extras.headers))
+                    self.headers_window.record_successes(when, len(extras.headers), headers)
             self.breaker.add_successes_locked(when, n)
             self.requests_total[SUCCESS] += n
             lifetime = self.duration_counts
@@ -399,7 +437,7 @@ def _decision_bucket(breaker: Breaker) -> float:
     return window.bucket_seconds if isinstance(window, TimeWindow) else math.inf
 
 
-def _drain(pending: list[float]) -> list[float]:
+def _drain(pending: list[Entry]) -> list[Entry]:
     """Take what ``pending`` holds now; appends racing in (at the end) stay for the next fold.
 
     Each step is one C call, atomic under the GIL, and only the fold (under

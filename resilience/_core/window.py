@@ -20,6 +20,7 @@ from typing import NamedTuple
 
 from resilience._core import histogram as _histogram
 from resilience._core.config import Outcome
+from resilience._core.pending import Entry, Extras
 
 SUCCESS, FAILURE, THROTTLED, CLIENT_ERROR, REJECTED = range(5)
 SLOW, COSTED, UNKNOWN_COST, INPUT_TOKENS, OUTPUT_TOKENS = range(5, 10)
@@ -105,7 +106,7 @@ class TimeWindow:
         self._version = 0
         self._cache_version = -1
         self._cache: WindowSnapshot = EMPTY
-        self.pending: list[float] = []
+        self.pending: list[Entry] = []
         """Durations of fast successes appended lock-free by the owner, who folds them in
         (:meth:`record_successes`) under its lock; see :class:`resilience._core.provider.Provider`."""
 
@@ -181,16 +182,27 @@ class TimeWindow:
             self._add_latency(bucket, {_histogram.bucket_of(duration): 1})
         self._version += 1
 
-    def record_successes(self, now: float, n: int, latency: Mapping[int, int]) -> None:
-        """Record ``n`` fast successes (none slow, no cost) at once, all at time ``now``.
+    def record_successes(
+        self, now: float, n: int, latency: Mapping[int, int], extras: Extras | None = None
+    ) -> None:
+        """Record ``n`` fast successes (none slow) at once, all at time ``now``.
 
-        ``latency`` maps histogram bucket indexes to counts.
+        ``latency`` maps histogram bucket indexes to counts; ``extras``, the
+        cost and tokens some of them carried.
         """
         bucket = self._bucket(now)
         if bucket is None:
             return
-        bucket.counts[SUCCESS] += n
-        self._totals[SUCCESS] += n
+        counts, totals = bucket.counts, self._totals
+        counts[SUCCESS] += n
+        totals[SUCCESS] += n
+        if extras is not None:
+            bucket.cost += extras.cost
+            more = ((COSTED, extras.costed), (INPUT_TOKENS, extras.input_tokens),
+                    (OUTPUT_TOKENS, extras.output_tokens))
+            for index, value in more:
+                counts[index] += value
+                totals[index] += value
         if self.latency:
             self._add_latency(bucket, latency)
         self._version += 1
@@ -280,7 +292,9 @@ class CountWindow:
         if outcome != REJECTED:
             self._push(outcome | (8 if slow else 0))
 
-    def record_successes(self, now: float, n: int, latency: Mapping[int, int]) -> None:
+    def record_successes(
+        self, now: float, n: int, latency: Mapping[int, int], extras: Extras | None = None
+    ) -> None:
         """Record ``n`` fast successes."""
         for _ in range(min(n, self._size)):
             self._push(SUCCESS)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import httpx2
 
 from resilience._core.context import RequestStats
-from resilience._core.cost import NO_COST, CostResult, attempt_cost
+from resilience._core.cost import NO_COST, CostResult, attempt_cost, usage_result
 from resilience._core.errors import CircuitOpenError
 from resilience._core.provider import Provider
 from resilience._core.window import TimeWindow
@@ -32,10 +32,20 @@ log = logging.getLogger("resilience")
 class Attempt:
     """One admitted attempt of a :class:`resilience._http.call.Call`; see the module docstring."""
 
-    __slots__ = (
-        "call", "done", "error", "headers_at", "inspector", "number", "outcome", "permit", "provider",
-        "reason", "response", "retry_after", "start", "wait_hint",
-    )
+    # Class-level defaults, not __slots__: an attempt sets only what it has (one per request).
+    headers_at: float | None = None
+    """When a streamed body's headers arrived."""
+    response: httpx2.Response | None = None
+    error: Exception | None = None
+    outcome = "success"
+    reason: str | None = None
+    """Why this attempt asks for a retry, if it does."""
+    retry_after: float | None = None
+    """For the breaker (429/503 only)."""
+    wait_hint: float | None = None
+    """``Retry-After`` seconds, for the backoff."""
+    inspector: BodyInspector | None = None
+    done = False
 
     def __init__(self, call: Call, permit: int, start: float, number: int) -> None:
         self.call = call
@@ -43,15 +53,6 @@ class Attempt:
         self.permit = permit
         self.number = number
         self.start = start
-        self.headers_at: float | None = None  # when a streamed body's headers arrived
-        self.response: httpx2.Response | None = None
-        self.error: Exception | None = None
-        self.outcome = "success"
-        self.reason: str | None = None  # why this attempt asks for a retry, if it does
-        self.retry_after: float | None = None  # for the breaker (429/503 only)
-        self.wait_hint: float | None = None  # Retry-After seconds, for the backoff
-        self.inspector: BodyInspector | None = None
-        self.done = False
 
     def release(self) -> None:
         """The attempt ended without a result (cancelled): give the permit back."""
@@ -103,8 +104,11 @@ class Attempt:
             headers_at = self.headers_at  # set for streamed bodies only
             to_headers = None if headers_at is None else headers_at - self.start
             call = self.call
-            if outcome == "success" and cost is NO_COST and to_headers is None and judged:
-                provider.record_success(self.permit, duration, now, call.model)
+            if outcome == "success" and judged and not cost.unknown:
+                provider.record_success(
+                    self.permit, duration, now, call.model, to_headers, cost.cost, cost.input_tokens,
+                    cost.output_tokens,
+                )
             else:
                 provider.record(
                     self.permit, outcome, duration, model=call.model, cost=cost.cost,
@@ -126,6 +130,10 @@ class Attempt:
         response = self.response
         if response is None or (usage is None and problem is None and provider.policy.cost is None):
             return NO_COST
+        if usage is not None and provider.policy.cost is None:
+            found = usage_result(usage, problem is not None)  # the default extractor, in one step
+            if found is not None:
+                return found
         return attempt_cost(
             provider, self.call.model_name, usage, response.headers, unknown=problem is not None
         )

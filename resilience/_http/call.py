@@ -23,13 +23,12 @@ from resilience._core import context as _context
 from resilience._core.clock import AsyncSleep, Sleep
 from resilience._core.config import RetryPolicy
 from resilience._core.context import RequestStats
-from resilience._core.provider import Provider
 from resilience._core.retry import RetryBudget, parse_retry_after
 from resilience._core.window import TimeWindow
 from resilience._http.attempt import Attempt, admit
 from resilience._http.inspect import BodyInspector, in_memory_body
 from resilience._http.loop import retry_async, retry_sync
-from resilience._http.resolve import Resolver, model_from_body
+from resilience._http.resolve import model_from_body
 from resilience._http.stacks import Stack
 from resilience._http.stale import send_watching_async, send_watching_sync
 from resilience._http.stream import AsyncRecordingStream, SyncRecordingStream
@@ -57,8 +56,17 @@ class Call:
         self.stack = stack
         self.traced = traced
         self.budgets: dict[str, RetryBudget] = transport._budgets
-        self.provider = provider = resolve(transport._resolve, request)
         extensions = request.extensions
+        resolver = transport._resolve
+        if "provider" in extensions and extensions["provider"] is not None:
+            provider = resolver(request)
+        else:
+            try:
+                host = request.url._uri_reference.host  # url.host without its property call (ASCII hosts)
+            except AttributeError:  # pragma: no cover - a future httpx that renames it
+                host = request.url.host
+            provider = resolver.known.get(host) or resolver(request)  # an IDNA host misses, is resolved
+        self.provider = provider
         name = extensions.get("model")
         if name.__class__ is not str:
             name = model_from_body(request, stack)
@@ -129,8 +137,8 @@ class Call:
         return await send_watching_async(send, self.request, self.stack, self.may_resend)
 
     def may_resend(self) -> bool:
-        """The request provably never reached the provider whole: resend it (once a call, replayable only)?"""
-        if self.stale_done or not isinstance(self.request.stream, self.stack.byte_stream):
+        """The request provably never reached the provider whole: resend it (once a call)?"""
+        if self.stale_done:
             return False
         self.stale_done = True
         self.provider.count_retry("stale_connection")
@@ -141,8 +149,11 @@ class Call:
     def run_sync(self, send: SyncSend, sleep: Sleep) -> httpx2.Response:
         """Run the call to its response (or raise its last error)."""
         attempt = self.admit_first()
-        try:
-            response = self.send_sync(send)
+        try:  # send_sync, inlined
+            if self.traced:
+                response = send_watching_sync(send, self.request, self.stack, self.may_resend)
+            else:
+                response = send(self.request)
         except BaseException as exc:
             attempt = self.first_failed(attempt, exc)
         else:
@@ -154,8 +165,11 @@ class Call:
     async def run_async(self, send: AsyncSend, sleep: AsyncSleep) -> httpx2.Response:
         """:meth:`run_sync` for async transports."""
         attempt = self.admit_first()
-        try:
-            response = await self.send_async(send)
+        try:  # send_async, inlined
+            if self.traced:
+                response = await send_watching_async(send, self.request, self.stack, self.may_resend)
+            else:
+                response = await send(self.request)
         except BaseException as exc:
             attempt = self.first_failed(attempt, exc)
         else:
@@ -191,14 +205,3 @@ class Call:
             response.stream = wrap(stream, attempt)  # type: ignore[arg-type]  # the matching side
         return response
 
-
-def resolve(resolver: Resolver, request: httpx2.Request) -> Provider:
-    """The provider of ``request``: a registered host without a lookup, else :class:`Resolver`."""
-    extensions = request.extensions
-    if "provider" in extensions and extensions["provider"] is not None:
-        return resolver(request)
-    try:
-        host = request.url._uri_reference.host  # url.host without its property call: equal for ASCII hosts
-    except AttributeError:  # pragma: no cover - a future httpx that renames it
-        host = request.url.host
-    return resolver.known.get(host) or resolver(request)  # an IDNA host misses, is resolved

@@ -17,6 +17,7 @@ Other content types are not inspected at all.
 from __future__ import annotations
 
 import json
+import re
 import zlib
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -170,10 +171,32 @@ class BodyInspector:
         return json_usage(b"".join(self._chunks))
 
 
+_USAGE_KEY = re.compile(rb'"usage"\s*:\s*')
+_DECODE = json.JSONDecoder().raw_decode
+
+
 def json_usage(body: bytes) -> tuple[Mapping[str, Any] | None, str | None]:
-    """The ``usage`` object of a whole JSON body: ``(usage or None, problem or None)``."""
-    if b'"usage"' not in body:
+    """The top-level ``usage`` object of a whole JSON body: ``(usage or None, problem or None)``.
+
+    The usage object alone is decoded when the body proves it top-level
+    cheaply: the last ``"usage": {`` of the body, followed by nothing but flat
+    members and the body's one closing brace (OpenAI- and Anthropic-style
+    bodies put it there, after the content). A ``"usage"`` inside a string is
+    escaped (``\\"usage\\"``) and never matches. Any other body is parsed whole.
+    """
+    at = body.rfind(b'"usage"')
+    if at < 0:
         return None, None
+    found = _USAGE_KEY.match(body, at)
+    if found is not None and body[found.end() : found.end() + 1] == b"{":
+        try:
+            text = body[found.end() :].decode()
+            usage, end = _DECODE(text)
+        except (ValueError, RecursionError):  # UnicodeDecodeError included; nested too deep
+            return None, MALFORMED
+        rest = text[end:]
+        if rest.count("}") == 1 and rest.find("{") < 0 and rest.find("[") < 0 and rest.find("]") < 0:
+            return (usage, None) if isinstance(usage, dict) else (None, None)
     try:
         data = json.loads(body)
     except (ValueError, RecursionError):  # RecursionError: nested too deep to parse

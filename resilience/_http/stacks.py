@@ -54,7 +54,7 @@ class Stack:
     not_sent: tuple[type[BaseException], ...]
     """Errors on our side: the request never reached the provider (nothing is recorded)."""
     stale_errors: tuple[type[BaseException], ...]
-    """Errors a dead pooled connection shows up as."""
+    """Errors a request cut short on an open connection shows up as (not ``ConnectError``)."""
     transport_error: type[Exception]
     timeout_error: type[Exception]
     stream_timeout: type[StreamTimeoutError]
@@ -73,7 +73,7 @@ def _stack(name: str, module: Any, stream_timeout: type[StreamTimeoutError]) -> 
         module=module,
         byte_stream=module.ByteStream,
         not_sent=(module.UnsupportedProtocol, module.LocalProtocolError, module.PoolTimeout),
-        stale_errors=(module.RemoteProtocolError, module.ConnectError, module.ReadError, module.WriteError),
+        stale_errors=(module.RemoteProtocolError, module.ReadError, module.WriteError),
         transport_error=module.TransportError,
         timeout_error=module.TimeoutException,
         stream_timeout=stream_timeout,
@@ -88,7 +88,7 @@ if httpx is not None and httpx is not httpx2:
     HTTPX = _stack("httpx", httpx, HttpxStreamTimeoutError)
 
 STACKS: tuple[Stack, ...] = (HTTPX2,) if HTTPX is None else (HTTPX2, HTTPX)
-_BY_REQUEST: dict[type, Stack] = {s.module.Request: s for s in STACKS}
+BY_REQUEST: dict[type, Stack] = {s.module.Request: s for s in STACKS}
 
 SYNC_STREAM_BASES = _bases(httpx2.SyncByteStream, httpx and httpx.SyncByteStream)
 ASYNC_STREAM_BASES = _bases(httpx2.AsyncByteStream, httpx and httpx.AsyncByteStream)
@@ -101,7 +101,7 @@ def stack_of(request: Any) -> Stack:
     Raises:
         TypeError: it is no request of a stack this transport serves.
     """
-    stack = _BY_REQUEST.get(request.__class__)
+    stack = BY_REQUEST.get(request.__class__)
     if stack is not None:
         return stack
     for stack in STACKS:  # a subclass of a stack's Request

@@ -6,94 +6,74 @@ httpcore's pool tests every idle connection before handing it out
 which can only be the server's EOF) and opens a fresh one instead. Nothing
 of ours is needed, and nothing is recorded.
 
-What is left reaches us as a request that failed, before any response, on a
-connection taken from the pool. From the client that looks the same whether
-the server hung up an instant before the request arrived or read the request,
-worked on it and then dropped the connection (a crash, a deploy, a proxy
-timeout): both end in ``Server disconnected without sending a response``. The
-second may have been billed. So the rule is what httpcore's ``trace``
-extension proves, not what is likely:
+What is left reaches us as a request that failed before any response. From
+the client that looks the same whether the server hung up an instant before
+the request arrived or read the request, worked on it and then dropped the
+connection (a crash, a deploy, a proxy timeout): both end in ``Server
+disconnected without sending a response``. The second may have been billed.
+So the rule is what the write proves, not what is likely:
 
 * **resent** (once, at once, whatever the retry policy says, not recorded
-  against the provider): the connection was reused (no ``connection.connect_*``
-  event) and the request was not written whole (no
-  ``*.send_request_body.complete`` event: writing the headers or the body
-  failed, an error httpcore swallows to read a possible early response). A
-  write fails only once the peer's TCP has refused the connection, and then
-  the provider never received the request's last byte: no application
-  answers, or bills, a request it never received whole.
+  against the provider, counted as a ``stale_connection`` retry): the request
+  was not written whole. httpcore writes the body by iterating the request's
+  stream and swallows a write error to read a possible early response; the
+  stream is read through :class:`WatchedBody`, which notes that the body's
+  last chunk was written when httpcore asks for the next one. A write fails
+  only once the peer's TCP has refused the connection, so the provider never
+  received the request's last byte: no application answers, or bills, a
+  request it never received whole.
 * **a failure** like any other (recorded, retried only if the retry policy
   allows; with ``attempts=1`` never): everything else, including a request
-  written whole on a reused connection and then dropped. A server closing an
-  idle connection just as our request went out (its FIN crossing the request)
-  is indistinguishable from one that read it and dropped, and is counted so;
-  so is a write cut short that only the read reports (asyncio buffers writes,
-  so on async transports a dead connection mostly shows up that way).
+  written whole and then dropped. A server closing an idle connection just
+  as our request went out (its FIN crossing the request) is
+  indistinguishable from one that read it and dropped, and is counted so;
+  so is a write cut short that only the read reports (asyncio buffers
+  writes, so on async transports a dead connection mostly shows up that
+  way). A connection that could not be opened (``ConnectError``) is the
+  provider's failure too.
 
-The tracer is installed only on httpx's own transports (the ones backed by
-httpcore) and calls any ``trace`` the caller gave.
+Only in-memory bodies are watched (a streaming upload cannot be sent again),
+and only on the stacks' own transports, which write through httpcore.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import TYPE_CHECKING
 
 import httpx2
 
-from resilience._http.stacks import STACKS, Stack
+from resilience._http.stacks import ASYNC_STREAM_BASES, STACKS, SYNC_STREAM_BASES, Stack
+
+if TYPE_CHECKING:
+    _Base = httpx2.ByteStream
+else:  # both stacks' stream classes: either transport accepts it as the request's body
+    _Base = type("_Base", tuple(dict.fromkeys(SYNC_STREAM_BASES + ASYNC_STREAM_BASES)), {})
 
 TRACEABLE = tuple(cls for stack in STACKS for cls in stack.http_transports)
-"""The stacks' own transports, backed by httpcore (httpcore2 for httpx2): their ``trace`` shows reuse."""
+"""The stacks' own transports, backed by httpcore (httpcore2 for httpx2): their body writes can be watched."""
 
 
-class Tracer:
-    """Watches httpcore's trace events of one request (sync)."""
+class WatchedBody(_Base):
+    """An in-memory request body that knows whether it was written whole."""
 
-    __slots__ = ("connected", "user", "written")
+    __slots__ = ("body", "written")
 
-    def __init__(self, user: Callable[[str, dict[str, Any]], Any] | None) -> None:
-        self.user = user
-        self.connected = self.written = False
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+        self.written = False
 
-    def see(self, name: str) -> None:
-        """Note one event name."""
-        if name.startswith("connection.connect_"):
-            self.connected = True
-        elif name.endswith(".send_request_body.complete"):  # response headers come only after it
-            self.written = True
+    def __iter__(self) -> Iterator[bytes]:
+        yield self.body
+        self.written = True  # asked for more: the last chunk's write returned
 
-    def stale(self) -> bool:
-        """Whether the failed request went out on a reused connection and was not written whole."""
-        return not (self.connected or self.written)
-
-    def again(self) -> None:
-        """Forget the failed send: the resend is watched afresh."""
-        self.connected = self.written = False
-
-    def __call__(self, name: str, info: dict[str, Any]) -> Any:
-        self.see(name)
-        if self.user is not None:
-            return self.user(name, info)
-        return None
-
-
-class AsyncTracer(Tracer):
-    """:class:`Tracer` for async transports: httpcore awaits the callback."""
-
-    __slots__ = ()
-
-    async def __call__(self, name: str, info: dict[str, Any]) -> Any:
-        self.see(name)
-        if self.user is not None:
-            result = self.user(name, info)
-            if isinstance(result, Awaitable):
-                return await result
-        return None
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield self.body
+        self.written = True
 
 
 def traceable(transport: object) -> bool:
-    """Whether ``transport`` runs on httpcore, so reuse of a connection can be seen."""
+    """Whether ``transport`` writes through httpcore, so a body written whole can be told."""
     return isinstance(transport, TRACEABLE)
 
 
@@ -103,20 +83,21 @@ def send_watching_sync(
     stack: Stack,
     may_resend: Callable[[], bool],
 ) -> httpx2.Response:
-    """Send with a tracer; send again if it provably never reached the provider whole and ``may_resend()``."""
-    extensions = request.extensions
-    user = extensions.get("trace")
-    tracer = extensions["trace"] = Tracer(user)
+    """Send; send again at once if the body was not written whole and ``may_resend()``."""
+    stream = request.stream
+    if stream.__class__ is not stack.byte_stream:
+        return send(request)  # a streaming upload: never sent twice
+    watched = request.stream = WatchedBody(stream._stream)  # type: ignore[union-attr]  # a ByteStream
     try:
         try:
             return send(request)
         except stack.stale_errors:
-            if not (tracer.stale() and may_resend()):
+            if watched.written or not may_resend():
                 raise
-        tracer.again()
+        watched.written = False
         return send(request)
     finally:
-        _restore(extensions, user)
+        request.stream = stream
 
 
 async def send_watching_async(
@@ -126,23 +107,17 @@ async def send_watching_async(
     may_resend: Callable[[], bool],
 ) -> httpx2.Response:
     """:func:`send_watching_sync` for async transports."""
-    extensions = request.extensions
-    user = extensions.get("trace")
-    tracer = extensions["trace"] = AsyncTracer(user)
+    stream = request.stream
+    if stream.__class__ is not stack.byte_stream:
+        return await send(request)
+    watched = request.stream = WatchedBody(stream._stream)  # type: ignore[union-attr]  # a ByteStream
     try:
         try:
             return await send(request)
         except stack.stale_errors:
-            if not (tracer.stale() and may_resend()):
+            if watched.written or not may_resend():
                 raise
-        tracer.again()
+        watched.written = False
         return await send(request)
     finally:
-        _restore(extensions, user)
-
-
-def _restore(extensions: dict[str, Any], user: object) -> None:
-    if user is None:
-        extensions.pop("trace", None)
-    else:
-        extensions["trace"] = user
+        request.stream = stream

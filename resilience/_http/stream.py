@@ -46,16 +46,19 @@ else:  # both stacks' stream classes, so either client accepts the response
 class _Timeouts:
     __slots__ = ("first", "idle")
 
-    def __init__(self, attempt: Attempt) -> None:
+    def __init__(self, first: float | None, idle: float | None) -> None:
+        self.first = first
+        self.idle = idle
+
+    @classmethod
+    def of(cls, attempt: Attempt) -> _Timeouts | None:
+        """The attempt's streaming timeouts, or ``None`` when its policy sets none."""
         policy = attempt.provider.policy
-        self.first = policy.first_byte_timeout
-        self.idle = policy.idle_timeout
+        first, idle = policy.first_byte_timeout, policy.idle_timeout
+        return None if first is None and idle is None else cls(first, idle)
 
-    @property
-    def active(self) -> bool:
-        return self.first is not None or self.idle is not None
-
-    def breach(self, attempt: Attempt, first: bool, limit: float) -> StreamTimeoutError:
+    @staticmethod
+    def breach(attempt: Attempt, first: bool, limit: float) -> StreamTimeoutError:
         name = attempt.provider.name
         message = (
             f"{name}: first body chunk not received within {limit:g}s"
@@ -72,13 +75,13 @@ class SyncRecordingStream(_SyncBase):
     def __init__(self, inner: httpx2.SyncByteStream, attempt: Attempt) -> None:
         self._inner = inner
         self._attempt = attempt
-        self._timeouts = _Timeouts(attempt)
+        self._timeouts = _Timeouts.of(attempt)
 
     def __iter__(self) -> Iterator[bytes]:
         attempt, timeouts = self._attempt, self._timeouts
         inspector = attempt.inspector
         try:
-            if not timeouts.active:
+            if timeouts is None:
                 for chunk in self._inner:
                     if inspector is not None:
                         inspector.feed(chunk)
@@ -106,17 +109,20 @@ class SyncRecordingStream(_SyncBase):
         started = clock()
         chunk = next(chunks, None)
         if chunk is not None and limit is not None and clock() - started > limit:
-            raise self._timeouts.breach(self._attempt, first, limit)
+            raise _Timeouts.breach(self._attempt, first, limit)
         return chunk
 
     def __del__(self) -> None:
-        # never closed nor read to the end: give a half-open trial slot back
-        self._attempt.abandon()
+        attempt = self._attempt
+        if not attempt.done:  # never closed nor read to the end: give a half-open trial slot back
+            attempt.abandon()
 
     def close(self) -> None:
         """Record the attempt if the body did not end, then close the inner stream."""
+        attempt = self._attempt
         try:
-            self._attempt.finish(complete=False)
+            if not attempt.done:
+                attempt.finish(complete=False)
         finally:
             self._inner.close()
 
@@ -127,13 +133,13 @@ class AsyncRecordingStream(_AsyncBase):
     def __init__(self, inner: httpx2.AsyncByteStream, attempt: Attempt) -> None:
         self._inner = inner
         self._attempt = attempt
-        self._timeouts = _Timeouts(attempt)
+        self._timeouts = _Timeouts.of(attempt)
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         attempt, timeouts = self._attempt, self._timeouts
         inspector = attempt.inspector
         try:
-            if not timeouts.active:
+            if timeouts is None:
                 async for chunk in self._inner:
                     if inspector is not None:
                         inspector.feed(chunk)
@@ -167,16 +173,19 @@ class AsyncRecordingStream(_AsyncBase):
         except StopAsyncIteration:
             return None
         if scope.cancelled_caught or clock() - started > limit:
-            raise self._timeouts.breach(self._attempt, first, limit)
+            raise _Timeouts.breach(self._attempt, first, limit)
         return chunk
 
     def __del__(self) -> None:
-        # never closed nor read to the end: give a half-open trial slot back
-        self._attempt.abandon()
+        attempt = self._attempt
+        if not attempt.done:  # never closed nor read to the end: give a half-open trial slot back
+            attempt.abandon()
 
     async def aclose(self) -> None:
         """Record the attempt if the body did not end, then close the inner stream."""
+        attempt = self._attempt
         try:
-            self._attempt.finish(complete=False)
+            if not attempt.done:
+                attempt.finish(complete=False)
         finally:
             await self._inner.aclose()

@@ -29,7 +29,7 @@ from resilience._core.registry import ProviderRegistry
 from resilience._core.retry import RetryBudget
 from resilience._http.call import Call
 from resilience._http.resolve import Resolver
-from resilience._http.stacks import STACKS, Stack, stack_of, stack_of_transport
+from resilience._http.stacks import BY_REQUEST, STACKS, Stack, stack_of, stack_of_transport
 from resilience._http.stale import traceable
 
 if TYPE_CHECKING:
@@ -95,7 +95,8 @@ class ResilientTransport(_Base):
         self._given = transport
         self._given_stack = given_stack
         self._inner: dict[tuple[Stack, bool], Any] = {}
-        self._senders: dict[tuple[Stack, bool], tuple[Any, bool]] = {}
+        self._sync_senders: dict[Stack, tuple[Any, bool]] = {}
+        self._async_senders: dict[Stack, tuple[Any, bool]] = {}
         self._sleep = sleep or _clock.sleep
         self._async_sleep = async_sleep or _clock.async_sleep
         self._budgets: dict[str, RetryBudget] = registry.extensions.setdefault(BUDGETS, {})
@@ -113,8 +114,8 @@ class ResilientTransport(_Base):
     def handle_request(self, request: httpx.Request) -> httpx.Response: ...
     def handle_request(self, request: Any) -> Any:
         """Send ``request`` through its provider's breaker, retries and windows."""
-        stack = stack_of(request)
-        send, traced = self._senders.get((stack, True)) or self._sender(stack, True)
+        stack = BY_REQUEST.get(request.__class__) or stack_of(request)
+        send, traced = self._sync_senders.get(stack) or self._sender(stack, True)
         return Call(self, stack, request, traced).run_sync(send, self._sleep)
 
     def close(self) -> None:
@@ -133,8 +134,8 @@ class ResilientTransport(_Base):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response: ...
     async def handle_async_request(self, request: Any) -> Any:
         """:meth:`handle_request` for async clients."""
-        stack = stack_of(request)
-        send, traced = self._senders.get((stack, False)) or self._sender(stack, False)
+        stack = BY_REQUEST.get(request.__class__) or stack_of(request)
+        send, traced = self._async_senders.get(stack) or self._sender(stack, False)
         return await Call(self, stack, request, traced).run_async(send, self._async_sleep)
 
     async def aclose(self) -> None:
@@ -149,9 +150,9 @@ class ResilientTransport(_Base):
 
     def _sender(self, stack: Stack, sync: bool) -> tuple[Any, bool]:
         """The send function for ``stack``'s requests on one side, and whether its reuse is traced."""
+        senders = self._sync_senders if sync else self._async_senders
         with self._lock:
-            key = (stack, sync)
-            found = self._senders.get(key)
+            found = senders.get(stack)
             if found is not None:
                 return found
             inner = self._inner_for(stack, sync)
@@ -160,7 +161,7 @@ class ResilientTransport(_Base):
             if not callable(send):
                 other = "httpx2.AsyncClient / httpx.AsyncClient" if sync else "httpx2.Client / httpx.Client"
                 raise TypeError(f"{inner!r} cannot serve this client: use it with {other}")
-            found = self._senders[key] = (send, traceable(inner))
+            found = senders[stack] = (send, traceable(inner))
             return found
 
     def _inner_for(self, stack: Stack, sync: bool) -> Any:
