@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -13,13 +15,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
+import httpx2
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+import resilience
 from resilience.demo import DemoOptions
 from resilience.demo.gateway import COMPLETIONS_PATH, build_gateway
-from resilience.demo.load import status_key
+from resilience.demo.load import LoadGenerator, Progress, status_key
 from resilience.demo.upstreams import Behaviour, Upstream, demo_upstreams
 from resilience.testing import FakeClock
 
@@ -62,12 +65,12 @@ def gauges(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 def poll(base: str, process: subprocess.Popen[bytes]) -> Iterator[tuple[dict[str, Any], str]]:
     """Dashboard JSON and /metrics text, every quarter second while the demo runs."""
-    with httpx.Client(base_url=base, timeout=2.0) as client:
+    with httpx2.Client(base_url=base, timeout=2.0) as client:
         while process.poll() is None:
             try:
                 health = client.get("/ops/health/dashboard").json()
                 metrics = client.get("/metrics").text
-            except httpx.TransportError:  # not up yet, or shutting down
+            except httpx2.TransportError:  # not up yet, or shutting down
                 pass
             else:
                 yield health, metrics
@@ -89,7 +92,9 @@ def test_demo_trips_a_breaker_moves_the_gauges_and_exits_zero(tmp_path: Path) ->
     stdout = out.read_text()
     assert f"http://127.0.0.1:{port}/ops/health/dashboard/ui" in stdout
     assert f"http://127.0.0.1:{port}/metrics" in stdout
+    assert "share one asyncio loop" in stdout
     assert "stopped after" in stdout
+    assert re.search(r" 503 \d+  rejected [1-9]\d*  ", stdout), stdout  # the open breaker's own column
     both = [
         health for health, _ in seen
         if {p["breaker_state"] for p in health["providers"]} >= {"open"}
@@ -166,14 +171,56 @@ def test_bad_options_name_the_setting(env: dict[str, str], named: str) -> None:
         DemoOptions.from_env(env)
 
 
+REJECTED = b'{"error": {"type": "circuit_open", "provider": "outage", "retry_after": 3}}'
+UPSTREAM_503 = b'{"error": {"message": "service unavailable", "type": "upstream_error"}}'
+
+
 @pytest.mark.parametrize(
-    ("status", "key"),
-    [(200, "2xx"), (204, "2xx"), (429, "429"), (503, "503"), (500, "5xx"), (502, "5xx"), (404, "other"),
-     (None, "errors")],
+    ("status", "body", "key"),
+    [
+        pytest.param(200, b"", "2xx", id="200"),
+        pytest.param(204, b"", "2xx", id="204"),
+        pytest.param(429, b"", "429", id="429"),
+        pytest.param(503, UPSTREAM_503, "503", id="503-upstream"),
+        pytest.param(503, b"", "503", id="503-empty"),
+        pytest.param(503, b"<html>busy</html>", "503", id="503-not-json"),
+        pytest.param(503, b'["circuit_open"]', "503", id="503-not-an-object"),
+        pytest.param(503, b'{"error": "circuit_open"}', "503", id="503-error-not-an-object"),
+        pytest.param(503, REJECTED, "rejected", id="503-breaker"),
+        pytest.param(500, REJECTED, "5xx", id="500-is-not-a-rejection"),
+        pytest.param(502, b"", "5xx", id="502"),
+        pytest.param(404, b"", "other", id="404"),
+        pytest.param(None, b"", "errors", id="no-response"),
+    ],
 )
-def test_status_mix_columns(status: int | None, key: str) -> None:
-    """Each response status lands in its progress-line column."""
-    assert status_key(status) == key
+def test_status_mix_columns(status: int | None, body: bytes, key: str) -> None:
+    """Each response lands in its progress-line column; the breaker's 503 in ``rejected``."""
+    assert status_key(status, body) == key
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("mix", "shown"),
+    [
+        pytest.param({"2xx": 5}, "2xx 5  503 0  rejected 0", id="quiet"),
+        pytest.param({"2xx": 3, "429": 2, "503": 1, "rejected": 4, "errors": 1},
+                     "2xx 3  429 2  503 1  rejected 4  errors 1", id="busy"),
+    ],
+)
+async def test_progress_line_shows_rejections_apart(mix: dict[str, int], shown: str) -> None:
+    """The progress line has a ``rejected`` column of its own beside the providers' 503s."""
+    registry = resilience.ProviderRegistry(clock=FakeClock())
+    registry.register("outage").force_open()
+    registry.register("healthy")
+    load = LoadGenerator("http://gw" + COMPLETIONS_PATH, ["outage", "healthy"], rps=1.0)
+    load.sent = sum(mix.values())
+    load.mix.update(mix)
+    clock = FakeClock(50.0)
+    progress = Progress(load, registry, io.StringIO(), clock=clock)
+    clock.advance(2.5)
+    line = progress.line()
+    await load.aclose()
+    assert line == f"   2.5s  {load.sent:6d} req  {shown}  |  outage FORCED_OPEN  healthy closed"
 
 
 def test_outage_follows_its_schedule() -> None:
@@ -199,14 +246,14 @@ def test_throttled_answers_429_with_retry_after() -> None:
     assert ok["usage"]["cost"] > 0  # type: ignore[index]
 
 
-def upstream_transport(upstreams: dict[str, Upstream]) -> httpx.MockTransport:
+def upstream_transport(upstreams: dict[str, Upstream]) -> httpx2.MockTransport:
     """Answers as the simulated providers would, told apart by the request's host."""
 
-    def handler(request: httpx.Request) -> httpx.Response:
+    def handler(request: httpx2.Request) -> httpx2.Response:
         status, payload, headers = upstreams[request.url.host].answer(request.content)
-        return httpx.Response(status, json=payload, headers=[(k.decode(), v.decode()) for k, v in headers])
+        return httpx2.Response(status, json=payload, headers=[(k.decode(), v.decode()) for k, v in headers])
 
-    return httpx.MockTransport(handler)
+    return httpx2.MockTransport(handler)
 
 
 @pytest.mark.anyio
@@ -214,7 +261,7 @@ async def test_gateway_forwards_and_answers_open_breakers_with_503() -> None:
     """The gateway forwards by provider, counts cost, and an open breaker is a 503 with Retry-After."""
     upstreams = {u.name: u for u in demo_upstreams(flaky_error_rate=0.3, flaky_latency=0.1)}
     gateway = build_gateway({name: f"http://{name}" for name in upstreams}, upstream_transport(upstreams))
-    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=gateway.app), base_url="http://gw")
+    client = httpx2.AsyncClient(transport=httpx2.ASGITransport(app=gateway.app), base_url="http://gw")
     async with client:
         ok = await client.post(COMPLETIONS_PATH, json={"provider": "healthy", "model": "demo-large"})
         gateway.registry.get("outage").force_open()
@@ -228,7 +275,47 @@ async def test_gateway_forwards_and_answers_open_breakers_with_503() -> None:
     assert ok.status_code == 200 and ok.json()["provider"] == "healthy"
     assert shut.status_code == 503 and int(shut.headers["retry-after"]) >= 1
     assert json.loads(shut.content)["error"]["provider"] == "outage"
+    assert status_key(shut.status_code, shut.content) == "rejected"
     assert unknown.status_code == 404
     states = {p["name"]: p["breaker_state"] for p in health["providers"]}
     assert states == {"healthy": "closed", "flaky": "closed", "outage": "forced_open", "throttled": "closed"}
     assert 'gatewayz_cost_by_provider_total{provider="healthy"}' in metrics
+
+
+def runs(states: list[str]) -> list[str]:
+    """``states`` with repeats in a row folded: what a watcher sees change."""
+    return [state for i, state in enumerate(states) if i == 0 or states[i - 1] != state]
+
+
+@pytest.mark.anyio
+async def test_outage_breaker_trips_half_opens_and_closes_in_every_cycle() -> None:
+    """On a fake clock, over 3 outage cycles the demo breaker trips, is half-open a second, closes in each."""
+    clock = FakeClock(1000.0)
+    upstreams = {u.name: u for u in demo_upstreams(flaky_error_rate=0.3, flaky_latency=0.1, clock=clock)}
+    outage = upstreams["outage"].behaviour
+    cycle = outage.up_seconds + outage.down_seconds
+    gateway = build_gateway({name: f"http://{name}" for name in upstreams}, upstream_transport(upstreams),
+                            clock=clock, async_sleep=clock.async_sleep)
+    provider = gateway.registry.get("outage")
+    seen: list[tuple[float, str, int]] = []  # (seconds since start, state before the request, status)
+    client = httpx2.AsyncClient(transport=httpx2.ASGITransport(app=gateway.app), base_url="http://gw")
+    async with client:
+        while (elapsed := clock() - 1000.0) < outage.up_seconds + 3 * cycle:
+            state = str(provider.state)  # as the dashboard reads it: open with its time up is half_open
+            response = await client.post(COMPLETIONS_PATH, json={"provider": "outage", "model": "demo-small"})
+            seen.append((elapsed, state, response.status_code))
+            clock.advance(0.1)  # the demo's 40 requests/s over four providers: 10/s to each
+    await gateway.aclose()
+    for k in range(3):
+        down = outage.up_seconds + k * cycle  # the k-th down phase starts; the next one at down + cycle
+        this_cycle = [(t, state, status) for t, state, status in seen if down <= t < down + cycle]
+        changes = runs([state for _, state, _ in this_cycle])
+        assert changes[:2] == ["closed", "open"] and changes[-1] == "closed", (k, changes)
+        assert "half_open" in changes and "closed" not in changes[1:-1], (k, changes)
+        up = down + outage.down_seconds
+        closed_again = next(t for t, state, _ in this_cycle if t >= up and state == "closed")
+        assert closed_again - up < outage.up_seconds / 2, (k, closed_again - up)
+        last_open = max(t for t, state, _ in this_cycle if state == "open")
+        half_open_at = min(t for t, state, _ in this_cycle if state == "half_open" and t > last_open)
+        assert closed_again - half_open_at >= 1.0, k  # so the once-a-second progress line shows it
+        assert all(status == 200 for t, _, status in this_cycle if t >= closed_again), k

@@ -1,4 +1,5 @@
-"""The shipped Grafana dashboard: every PromQL expression parses and names only exported metrics."""
+"""The shipped Grafana dashboard: every PromQL expression parses, names only exported metrics, and
+the error panels show 0, not "No data", on a healthy system (evaluated by ``promtool test rules``)."""
 
 from __future__ import annotations
 
@@ -72,6 +73,92 @@ def metric_names(expr: str) -> set[str]:
             continue  # a function or an aggregation
         names.add(match.group())
     return names
+
+
+def _exposition(*, failing: bool, redis: bool = True) -> str:
+    """A real scrape of a gateway: healthy (successes, Redis commands that succeed) or with errors too."""
+    registry = resilience.ProviderRegistry(clock=FakeClock(1000.0))
+    provider = registry.register("openrouter")
+    provider.record(provider.admit(), "success", 0.2, cost=0.01)
+    prom = CollectorRegistry()
+    registry.register_metrics(prom)
+    if redis:
+        rredis._metrics_for(prom).observe("get", "success", 0.001)
+    if failing:
+        provider.count_error("invalid_cost")
+        rredis._metrics_for(prom).observe("get", "error", 0.002)
+    return generate_latest(prom).decode()
+
+
+def _input_series(exposition: str, steps: int) -> list[dict[str, str]]:
+    """promtool input series for a steady system: counters grow by their scraped value each step."""
+    series = []
+    for family in text_string_to_metric_families(exposition):
+        grows = family.type in ("counter", "histogram", "summary")
+        for sample in family.samples:
+            labels = ",".join(f"{k}={json.dumps(v)}" for k, v in sorted(sample.labels.items()))
+            value = repr(float(sample.value))
+            grows_by = f"+{value}" if grows and not sample.name.endswith("_created") else "+0"
+            series.append({"series": f"{sample.name}{{{labels}}}", "values": f"{value}{grows_by}x{steps}"})
+    return series
+
+
+def _panel_targets(title: str) -> dict[str, str]:
+    """refId -> PromQL (Grafana variables substituted) of the panel titled ``title``."""
+    panel = next(p for p in _panels(_dashboard()) if p["title"] == title)
+    return {target["refId"]: _substitute(target["expr"]) for target in panel["targets"]}
+
+
+def _promtool_evaluates(tmp_path: Path, exposition: str, cases: list[dict[str, Any]]) -> None:
+    """``promtool test rules``: each case's expr gives its exp_samples at 10m over ``exposition``."""
+    promtool = require_binary("promtool")
+    path = tmp_path / "dashboard_test.yml"
+    path.write_text(yaml.safe_dump({"evaluation_interval": "15s", "tests": [{
+        "interval": "15s",
+        "input_series": _input_series(exposition, steps=60),
+        "promql_expr_test": [{"eval_time": "10m", **case} for case in cases],
+    }]}))
+    result = subprocess.run([promtool, "test", "rules", str(path)], capture_output=True, text=True,
+                            timeout=120, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+ERROR_PANELS = ("Redis errors and rejections", "Instrumentation errors")
+ZERO = [{"labels": "{}", "value": 0}]
+ONE = [{"labels": "{}", "value": 1}]
+HEALTHY = {
+    ("Redis errors and rejections", "A"): ZERO,
+    ("Instrumentation errors", "A"): [],  # no error of any provider and kind ...
+    ("Instrumentation errors", "B"): ZERO,  # ... and the total is 0, not "No data"
+}
+FAILING = {  # `> bool 0`: 1 where the panel shows errors
+    ("Redis errors and rejections", "A"): ONE,
+    ("Instrumentation errors", "A"): [{"labels": '{kind="invalid_cost",provider="openrouter"}', "value": 1}],
+    ("Instrumentation errors", "B"): ONE,
+}
+
+
+@pytest.mark.promtool
+@pytest.mark.parametrize("redis", [pytest.param(True, id="with-redis"), pytest.param(False, id="no-redis")])
+def test_error_panels_show_zero_on_a_healthy_system(tmp_path: Path, redis: bool) -> None:
+    """Over a healthy system's scrape, the Redis error ratio and the instrumentation errors are 0."""
+    cases = [{"expr": _panel_targets(title)[ref], "exp_samples": expected}
+             for (title, ref), expected in HEALTHY.items()]
+    _promtool_evaluates(tmp_path, _exposition(failing=False, redis=redis), cases)
+
+
+@pytest.mark.promtool
+def test_error_panels_still_show_errors(tmp_path: Path) -> None:
+    """With a failed Redis command and an instrumentation error, the same panels are above 0."""
+    cases = [{"expr": f"({_panel_targets(title)[ref]}) > bool 0", "exp_samples": expected}
+             for (title, ref), expected in FAILING.items()]
+    _promtool_evaluates(tmp_path, _exposition(failing=True), cases)
+
+
+def test_error_panel_tables_cover_every_target() -> None:
+    """HEALTHY and FAILING name every target of the two error panels, so none goes untested."""
+    targets = {(title, ref) for title in ERROR_PANELS for ref in _panel_targets(title)}
+    assert set(HEALTHY) == set(FAILING) == targets
 
 
 def _exported_sample_names() -> set[str]:

@@ -2,18 +2,20 @@
 
 ``POST /v1/chat/completions`` takes an OpenAI-style body; the provider is
 the body's ``"provider"`` field or the ``x-provider`` header. The call goes
-out through one shared ``httpx.AsyncClient(transport=ResilientTransport(registry))``;
+out through one shared ``httpx2.AsyncClient(transport=ResilientTransport(registry))``;
 an open breaker raises :class:`resilience.CircuitOpenError`, which
-:class:`resilience.ResilienceMiddleware` answers with 503 and ``Retry-After``.
+:class:`resilience.ResilienceMiddleware` answers with 503, ``Retry-After``
+and the error type ``circuit_open``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
-import httpx
+import httpx2
 from prometheus_client import CollectorRegistry, make_asgi_app
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -22,25 +24,39 @@ from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 import resilience
+from resilience._core import clock as _clock
 
 DASHBOARD_PATH = "/ops"
 COMPLETIONS_PATH = "/v1/chat/completions"
+DEMO_BREAKER = resilience.BreakerPolicy(
+    failure_rate_threshold=0.5,
+    minimum_calls=20,
+    window_seconds=10.0,
+    consecutive_failures=8,   # a provider that went down hard trips at once
+    open_seconds=3.0,         # the first trial comes 3 s after the trip ...
+    max_open_seconds=6.0,     # ... the next ones 6 s apart: shorter than outage's up phase
+)
 DEMO_POLICY = resilience.Policy(
-    breaker=resilience.BreakerPolicy(
-        failure_rate_threshold=0.5,
-        minimum_calls=20,
-        window_seconds=10.0,
-        consecutive_failures=8,   # a provider that went down hard trips at once
-        open_seconds=3.0,
-        max_open_seconds=6.0,
-    ),
+    breaker=DEMO_BREAKER,
     retry=resilience.RetryPolicy(
         attempts=2, backoff_seconds=0.05, max_backoff_seconds=0.2, max_retry_after_seconds=1.0,
     ),
     latency_slo_seconds=1.0,
     stats_window_seconds=20.0,
 )
-"""Tuned so that trips, rejections and recoveries show within seconds."""
+"""Tuned so that trips, rejections and recoveries show within seconds.
+
+Trials come at most ``max_open_seconds`` apart, and the ``outage`` provider
+stays up for longer than that (:data:`resilience.demo.upstreams.OUTAGE`), so
+one trial always lands in its up phase: it trips, goes half-open and closes
+again in every cycle.
+"""
+PROVIDER_POLICIES = {
+    "outage": resilience.Policy(breaker=dataclasses.replace(DEMO_BREAKER, success_threshold=12)),
+}
+"""Per-provider parts over :data:`DEMO_POLICY`. ``outage`` closes after 12 trial successes in a
+row: at the demo's 10 requests/s to it, half-open lasts over a second, long enough for the
+once-a-second progress line to show it (one trial that fails still reopens it at once)."""
 
 
 @dataclass
@@ -50,7 +66,7 @@ class Gateway:
     app: Starlette
     registry: resilience.ProviderRegistry
     metrics: CollectorRegistry
-    client: httpx.AsyncClient
+    client: httpx2.AsyncClient
 
     async def aclose(self) -> None:
         """Close the outgoing client and its connections."""
@@ -67,21 +83,30 @@ class _Asgi:
         await self.app(scope, receive, send)
 
 
-def build_gateway(upstreams: Mapping[str, str], transport: httpx.AsyncBaseTransport | None = None) -> Gateway:
+def build_gateway(
+    upstreams: Mapping[str, str],
+    transport: httpx2.AsyncBaseTransport | None = None,
+    *,
+    clock: _clock.Clock = _clock.monotonic,
+    async_sleep: _clock.AsyncSleep | None = None,
+) -> Gateway:
     """The gateway, forwarding to ``upstreams`` (provider name -> base URL).
 
     Args:
         upstreams: provider name -> base URL.
         transport: what the resilient transport sends through (tests); real HTTP by default.
+        clock: the registry's clock (tests pass a ``FakeClock``).
+        async_sleep: how retries wait (tests pass ``FakeClock.async_sleep``).
     """
-    registry = resilience.ProviderRegistry(default_policy=DEMO_POLICY)
+    registry = resilience.ProviderRegistry(default_policy=DEMO_POLICY, clock=clock)
     for name in upstreams:
-        registry.register(name)
+        registry.register(name, policy=PROVIDER_POLICIES.get(name))
     metrics = CollectorRegistry()
     registry.register_metrics(metrics)
 
-    client = httpx.AsyncClient(
-        transport=resilience.ResilientTransport(registry, transport), timeout=httpx.Timeout(5.0),
+    client = httpx2.AsyncClient(
+        transport=resilience.ResilientTransport(registry, transport, async_sleep=async_sleep),
+        timeout=httpx2.Timeout(5.0),
     )
     forward = _forwarder(client, dict(upstreams))
 
@@ -96,7 +121,7 @@ def build_gateway(upstreams: Mapping[str, str], transport: httpx.AsyncBaseTransp
 
 
 def _forwarder(
-    client: httpx.AsyncClient, upstreams: dict[str, str]
+    client: httpx2.AsyncClient, upstreams: dict[str, str]
 ) -> Callable[[Request], Awaitable[Response]]:
     async def chat_completions(request: Request) -> Response:
         """Forward one chat completion to the provider it names."""
@@ -111,7 +136,7 @@ def _forwarder(
             upstream = await client.post(
                 upstreams[name] + COMPLETIONS_PATH, json=body, extensions={"provider": name},
             )
-        except httpx.HTTPError as exc:  # CircuitOpenError is left to the middleware: 503
+        except httpx2.HTTPError as exc:  # CircuitOpenError is left to the middleware: 503
             return JSONResponse({"error": f"{name} unreachable: {type(exc).__name__}"}, status_code=502)
         headers = {k: v for k, v in upstream.headers.items() if k == "retry-after"}
         return Response(upstream.content, upstream.status_code, headers, media_type="application/json")

@@ -3,7 +3,10 @@
 Requests go out at a steady rate, round-robin over the providers and two
 models, each in its own task (at most :data:`MAX_IN_FLIGHT` at a time). The
 progress line shows elapsed time, requests, the status mix and every
-provider's breaker state; on a terminal it is rewritten in place.
+provider's breaker state; on a terminal it is rewritten in place. In the
+mix, ``503`` is a provider's own 503 passed on by the gateway, ``rejected``
+the gateway's breaker turning the call away (a 503 whose error type is
+``circuit_open``) before it reached the provider.
 """
 
 from __future__ import annotations
@@ -11,30 +14,47 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import shutil
 from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import TextIO
 
-import httpx
+import httpx2
 
 from resilience._core import clock as _clock
 from resilience._core.registry import ProviderRegistry
 
 MAX_IN_FLIGHT = 200
 MODELS = ("demo-small", "demo-large")
-STATUS_KEYS = ("2xx", "429", "503", "5xx", "other", "errors")
+STATUS_KEYS = ("2xx", "429", "503", "rejected", "5xx", "other", "errors")
+ALWAYS_SHOWN = ("2xx", "503", "rejected")
+"""Columns of the progress line shown even at 0; the others appear once they count something."""
 
 
-def status_key(status: int | None) -> str:
-    """The status-mix column a response status (``None``: no response) falls in."""
+def status_key(status: int | None, body: bytes = b"") -> str:
+    """The status-mix column a response (``None``: no response) falls in.
+
+    A 503 whose body is the gateway's ``circuit_open`` error is ``rejected``:
+    the breaker answered, not the provider.
+    """
     if status is None:
         return "errors"
     if 200 <= status < 300:
         return "2xx"
+    if status == 503 and _error_type(body) == "circuit_open":
+        return "rejected"
     if status in (429, 503):
         return str(status)
     return "5xx" if status >= 500 else "other"
+
+
+def _error_type(body: bytes) -> object:
+    try:
+        error = json.loads(body).get("error")
+    except (ValueError, AttributeError):  # not JSON, or not an object
+        return None
+    return error.get("type") if isinstance(error, dict) else None
 
 
 class LoadGenerator:
@@ -54,8 +74,8 @@ class LoadGenerator:
         self.sent = 0
         self.skipped = 0
         self._tasks: set[asyncio.Task[None]] = set()
-        self._client = httpx.AsyncClient(
-            timeout=httpx.Timeout(10.0), limits=httpx.Limits(max_connections=MAX_IN_FLIGHT)
+        self._client = httpx2.AsyncClient(
+            timeout=httpx2.Timeout(10.0), limits=httpx2.Limits(max_connections=MAX_IN_FLIGHT)
         )
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -92,10 +112,10 @@ class LoadGenerator:
                 "messages": [{"role": "user", "content": "Say hello."}]}
         try:
             response = await self._client.post(self.url, json=body)
-        except httpx.HTTPError:
+        except httpx2.HTTPError:
             self.mix["errors"] += 1
         else:
-            self.mix[status_key(response.status_code)] += 1
+            self.mix[status_key(response.status_code, response.content)] += 1
 
 
 class Progress:
@@ -122,7 +142,7 @@ class Progress:
     def line(self) -> str:
         """The current progress line."""
         mix = "  ".join(f"{key} {self.load.mix[key]}" for key in STATUS_KEYS if self.load.mix[key]
-                        or key in ("2xx", "503"))
+                        or key in ALWAYS_SHOWN)
         states = "  ".join(f"{p.name} {_state(p.state)}" for p in self.registry.providers())
         return f"{self.clock() - self.started:6.1f}s  {self.load.sent:6d} req  {mix}  |  {states}"
 

@@ -142,6 +142,9 @@ def _banner(
         f"  metrics    {url}/metrics",
         f"  try        curl -s {url}{COMPLETIONS_PATH} -d '{TRY_BODY}'",
         "  providers  " + ", ".join(f"{u.name} (:{servers[u.name].port}, {_describe(u)})" for u in upstreams),
+        "  note       upstreams, gateway and load generator share one asyncio loop in this process:",
+        "             the latencies shown are the demo's, not the library's overhead",
+        "  columns    503: a provider's own 503 passed on; rejected: the gateway's open breaker answered",
         "Stops " + (f"after {options.seconds:g} s or " if options.seconds else "") + "on Ctrl-C.",
     ]
     print("\n".join(lines), file=out, flush=True)

@@ -3,7 +3,7 @@
 * ``healthy``: answers 200 in about 20 ms;
 * ``flaky``: answers 500 for a share of requests (``DEMO_FLAKY_ERROR_RATE``) and
   takes longer (``DEMO_FLAKY_LATENCY_MS``);
-* ``outage``: up for a few seconds, then down (503) for longer, on a fixed cycle;
+* ``outage``: up 7 s, then down (503) 8 s, on a fixed cycle (:data:`OUTAGE`);
 * ``throttled``: answers 429 with ``Retry-After`` for a share of requests.
 
 Every success is an OpenAI-style chat completion whose ``usage`` carries the
@@ -117,13 +117,29 @@ class Upstream:
         }
 
 
-def demo_upstreams(*, flaky_error_rate: float, flaky_latency: float, seed: int = 0) -> list[Upstream]:
-    """The four providers of the demo, in display order."""
+OUTAGE = Behaviour(latency=0.03, up_seconds=7.0, down_seconds=8.0)
+"""The ``outage`` provider's cycle, against the demo breaker (3 s open, then 6 s between trials).
+
+It trips within a second of going down; its trial 3 s later fails (still
+down), the next one 6 s after that lands about a second into the up phase:
+half-open for a second or so of trial successes, then closed. The up phase
+outlasts the longest open time (6 s), so some trial lands in it whenever the
+trip came: trip, half-open and close in every cycle.
+"""
+
+
+def demo_upstreams(
+    *, flaky_error_rate: float, flaky_latency: float, seed: int = 0,
+    clock: Callable[[], float] = _clock.monotonic,
+) -> list[Upstream]:
+    """The four providers of the demo, in display order (``clock``: their schedules' time)."""
     return [
-        Upstream("healthy", Behaviour(latency=0.02), seed=seed),
-        Upstream("flaky", Behaviour(latency=flaky_latency, error_rate=flaky_error_rate), seed=seed + 1),
-        Upstream("outage", Behaviour(latency=0.03, up_seconds=5.0, down_seconds=10.0), seed=seed + 2),
-        Upstream("throttled", Behaviour(latency=0.03, throttle_rate=0.3, retry_after=2), seed=seed + 3),
+        Upstream("healthy", Behaviour(latency=0.02), clock=clock, seed=seed),
+        Upstream("flaky", Behaviour(latency=flaky_latency, error_rate=flaky_error_rate), clock=clock,
+                 seed=seed + 1),
+        Upstream("outage", OUTAGE, clock=clock, seed=seed + 2),
+        Upstream("throttled", Behaviour(latency=0.03, throttle_rate=0.3, retry_after=2), clock=clock,
+                 seed=seed + 3),
     ]
 
 
