@@ -25,6 +25,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import report_callgrind
 from report_layout import BARE, BASELINES, GOALS, INTERLEAVED_ORDER, LABELS, PEERS, SECTIONS, SHORT, Goal
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -224,8 +225,23 @@ def _version(name: str) -> str:
         return "(not installed)"
 
 
-def render(data: dict[str, Any], prose: dict[str, str], others: float | None = None) -> str:
-    """The whole page (``others``: CPU other processes used during the run, in cores)."""
+CALLGRIND_INTRO = (
+    "Instructions per request counted by callgrind (`benchmarks/bench_callgrind.py`): the client "
+    "process only, against a real uvicorn upstream on 127.0.0.1 in its own process, bare "
+    "(`HTTPTransport`) and through `ResilientTransport` on the same stack, each count from a fresh "
+    "process as (Ir(N) − Ir(0)) / N. Counts do not move with the machine's load, so these are the "
+    "per-request goals. The `guard` rows are `registry.guard` beside each peer breaker's own call."
+)
+
+
+def render(
+    data: dict[str, Any],
+    prose: dict[str, str],
+    others: float | None = None,
+    callgrind: list[dict[str, Any]] | None = None,
+) -> str:
+    """The whole page (``others``: CPU other processes used during the run, in cores;
+    ``callgrind``: :func:`bench_callgrind.measure`'s results as dicts)."""
     groups = by_group(data)
     out = [
         "# Benchmarks", "",
@@ -234,8 +250,12 @@ def render(data: dict[str, Any], prose: dict[str, str], others: float | None = N
         "Measured, not claimed: every ratio is against a baseline run in the **same process, same run**",
         "(pytest-benchmark groups), on the machine noted. Times are per operation: the minimum over all",
         "rounds of a benchmark, then the median. Reproduce with `make bench`.", "",
-        machine(data, others), "", "## Goals", "", *goal_rows(groups), "",
+        machine(data, others), "", "## Goals", "", *goal_rows(groups),
+        *report_callgrind.goal_rows(callgrind or []), "",
     ]
+    if callgrind:
+        out += ["## Per-request instructions (callgrind, real upstream)", "", CALLGRIND_INTRO, "",
+                *report_callgrind.table(callgrind), "", *_prose("callgrind", prose)]
     shown: set[str] = set()
     for section in SECTIONS:
         present = [g for g in section.groups if g in groups]
@@ -258,7 +278,7 @@ def render(data: dict[str, Any], prose: dict[str, str], others: float | None = N
         out += ["## Other benchmarks", ""]
         for group in rest:
             out += [*time_table(group, groups[group]), ""]
-    known = {s.key for s in SECTIONS}
+    known = {s.key for s in SECTIONS} | {"callgrind"}
     for name in prose:
         if name not in known:
             out += _prose(name, prose)
@@ -277,7 +297,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="a pytest-benchmark JSON to report instead of running")
     parser.add_argument("--out", type=Path, default=OUT, help="the page to rewrite (docs/benchmarks.md)")
     parser.add_argument("--save", type=Path, help="also keep the run's pytest-benchmark JSON here")
+    parser.add_argument("--callgrind", type=Path, help="a bench_callgrind.py --json file, not counting anew")
     args = parser.parse_args(argv)
+    if args.callgrind is not None:
+        callgrind = json.loads(args.callgrind.read_text())["results"]
+    else:
+        import bench_callgrind
+
+        callgrind = [r.as_dict() for r in bench_callgrind.measure()]
     others = None
     if args.json is None:
         with tempfile.TemporaryDirectory() as tmp:
@@ -290,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
         data = json.loads(args.json.read_text())
     old = args.out.read_text(encoding="utf-8") if args.out.exists() else ""
     prose = {m["key"]: m["body"] for m in PROSE.finditer(old)}
-    args.out.write_text(render(data, prose, others), encoding="utf-8")
+    args.out.write_text(render(data, prose, others, callgrind), encoding="utf-8")
     print(f"wrote {args.out} ({len(data['benchmarks'])} benchmarks, {len(prose)} prose blocks kept)")
     if others is not None and others > NOISY:
         print(f"note: other processes used {others:.2f} cores during the run; numbers may be noisy, re-run "

@@ -58,3 +58,25 @@ def test_prose_between_markers_survives_a_rewrite(tmp_path: Path) -> None:
     prose = {"transport": "Hand-written.\n"}
     page = report.render(run(entry(layout.GET, "x", 0.08, peer="bare")), prose)
     assert "<!-- prose transport -->\nHand-written.\n<!-- /prose -->" in page
+
+
+def test_callgrind_goals_and_table_come_from_the_counted_results() -> None:
+    """Each counted case becomes a goal row (met or not against its target) and a table row."""
+    import report_callgrind
+
+    results = [
+        {"case": "sync_cost", "stack": "httpx2", "bare": 1_000_000.0, "wrapped": 1_020_000.0,
+         "ratio": 1.02, "extra": 20_000.0},
+        {"case": "async_cost", "stack": "httpx", "bare": 1_000_000.0, "wrapped": 1_050_000.0,
+         "ratio": 1.05, "extra": 50_000.0},
+        {"case": "guard", "stack": "pybreaker", "bare": 15_000.0, "wrapped": 8_000.0, "ratio": 8 / 15,
+         "extra": -7_000.0},
+        {"case": "sync_sse", "stack": "httpx", "bare": None, "wrapped": None, "ratio": None, "extra": None},
+    ]
+    page = report.render(run(), {}, callgrind=results)
+    assert "JSON body with `usage.cost`, httpx2 (instructions) | 1.020× | ≤ 1.03× | met |" in page
+    assert "JSON with `usage.cost`, httpx (instructions) | 1.050× | ≤ 1.03× | **not met** |" in page
+    assert "| `registry.guard` vs pybreaker (instructions) | 0.533× | ≤ 0.50× | **not met** |" in page
+    assert "SSE stream of 22 events with final usage, httpx (instructions) | failed |" in page
+    assert "| 1,000,000 | 1,020,000 | **1.020×** | +20,000 |" in page
+    assert report_callgrind.HTTP_GOAL == 1.03
