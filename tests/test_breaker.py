@@ -282,7 +282,7 @@ def test_failing_listener_never_breaks_the_call(clock: FakeClock) -> None:
     provider = make(clock, minimum_calls=1, listeners=[Broken()])
     call(provider, "failure")
     assert provider.state == "open"
-    assert provider.breaker.listener_errors == 1
+    assert provider._breaker.listener_errors == 1
 
 
 def test_transitions_are_counted(clock: FakeClock) -> None:

@@ -159,14 +159,14 @@ class BreakerMachine(RuleBasedStateMachine):
 
     @invariant()
     def trials_within_limit(self) -> None:
-        assert 0 <= self.provider.breaker._trial_in_flight <= TRIALS
+        assert 0 <= self.provider._breaker._trial_in_flight <= TRIALS
 
     @invariant()
     def open_until_matches(self) -> None:
         # admitting while open is caught in _admit; here the reopen time must agree
         self.model.expire(self.clock())
         if self.model.state == "open":
-            assert self.provider.breaker._open_until == self.model.open_until
+            assert self.provider._breaker._open_until == self.model.open_until
 
     @invariant()
     def counts_add_up(self) -> None:

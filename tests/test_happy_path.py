@@ -118,7 +118,7 @@ def test_closed_permit_follows_the_state() -> None:
     clock = FakeClock()
     registry = ProviderRegistry(clock=clock)
     provider = registry.register("api", policy=Policy(breaker=BreakerPolicy(open_seconds=5.0)))
-    breaker = provider.breaker
+    breaker = provider._breaker
     seen: list[tuple[str, object]] = [(breaker.state, breaker.closed_permit == breaker.permit)]
     provider.force_open()
     seen.append((breaker.state, breaker.closed_permit))
@@ -141,5 +141,5 @@ def test_a_success_admitted_before_a_transition_is_not_taken_as_fast() -> None:
 
     client = httpx.Client(transport=ResilientTransport(registry, httpx.MockTransport(upstream)))
     client.get("http://api.test/")
-    assert provider.stats.pending == []
+    assert provider._stats.pending == []
     assert provider.snapshot().requests_total["success"] == 1

@@ -94,7 +94,7 @@ def test_model_names_past_the_cap_fold_into_other() -> None:
             client.post("http://upstream/v1", json={"model": f"<m{n}>\n" + "x" * n})
     models = label_values(scrape(registry), "model")
     assert len(models) == 33 and "other" in models
-    assert registry.get("upstream").model_overflows == 68
+    assert registry.get("upstream")._model_overflows == 68
 
 
 @pytest.mark.parametrize(
@@ -271,7 +271,7 @@ def test_malformed_json_responses_reach_the_caller(
     provider = registry.get("upstream")
     assert provider.snapshot().requests_total["success"] == 1
     assert provider.errors == errors
-    assert provider.cost_total == 0.0
+    assert provider.snapshot().cost_total == 0.0
 
 
 # -- costs -----------------------------------------------------------------------
@@ -323,7 +323,7 @@ def test_bad_costs_from_headers_and_extractors_are_rejected_and_counted(
     provider = registry.get("upstream")
     assert provider.errors == {kind: 1}
     assert provider.snapshot().requests_total["success"] == 1
-    assert provider.cost_total == 0.0
+    assert provider.snapshot().cost_total == 0.0
 
 
 def test_model_detection_parses_a_crafted_body_at_most_once(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -367,7 +367,7 @@ async def test_route_duration_covers_the_whole_stream() -> None:
     async with client_for(guarded(Starlette(routes=[Route("/llm", endpoint)]), registry)) as client:
         response = await client.get("/llm")
     assert response.text == "data: 1\n\ndata: 2\n\n"
-    assert provider.duration_sum == pytest.approx(7.5)
+    assert provider.snapshot().duration_sum == pytest.approx(7.5)
     assert provider.snapshot().requests_total["success"] == 1
 
 
@@ -516,7 +516,7 @@ def test_sse_streams_through_uvicorn_unbuffered(path: str) -> None:
     assert state["sent"] == ["one", "two"]
     guarded_route = path == "/llm"
     assert provider.snapshot().requests_total["success"] == int(guarded_route)
-    assert provider.duration_sum == (7.0 if guarded_route else 0.0)
+    assert provider.snapshot().duration_sum == (7.0 if guarded_route else 0.0)
 
 
 @pytest.mark.integration

@@ -161,13 +161,13 @@ def test_register_validates_probes() -> None:
     registry = ProviderRegistry()
     probe = HttpProbe(URL)
     registry.register("openrouter", probe=probe)
-    assert registry.probes == {"openrouter": probe}
+    assert registry._probes == {"openrouter": probe}
     with pytest.raises(resilience.ConfigError, match="probe"):
         registry.register("cerebras", probe=probe)
     with pytest.raises(resilience.ConfigError, match="probe"):
         registry.register("anthropic", probe="https://x")  # type: ignore[arg-type]
     registry.register("groq")
-    assert list(registry.probes) == ["openrouter"]
+    assert list(registry._probes) == ["openrouter"]
 
 
 class Ticker:

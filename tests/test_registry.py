@@ -67,7 +67,7 @@ def test_unknown_hosts_fill_free_slots_then_fold_into_other(clock: FakeClock) ->
     assert registry.resolve(host="c.example").name == "c.example"
     assert registry.resolve(host="d.example").name == "other"
     assert registry.resolve(host="e.example").name == "other"
-    assert registry.label_overflows == 2
+    assert registry._label_overflows == 2
     registry.register("late")  # explicit registrations are never folded
     assert registry.get("late").name == "late"
 
@@ -89,7 +89,7 @@ def test_models_fold_into_other_past_the_cap(clock: FakeClock) -> None:
             pass
     models = {m.model: m.window.calls for m in registry.get("p").snapshot().models}
     assert models == {"m1": 1, "m2": 1, "other": 2}
-    assert registry.get("p").model_overflows == 2
+    assert registry.get("p")._model_overflows == 2
 
 
 def test_provider_policy_overrides_only_named_parts(clock: FakeClock) -> None:
@@ -259,7 +259,7 @@ def test_overlong_names_fold_into_other_and_are_counted(clock: FakeClock) -> Non
     """A name longer than a label may be folds into 'other' and counts as an overflow."""
     registry = ProviderRegistry(clock=clock)
     assert registry.resolve("x" * 500).name == "other"
-    assert registry.label_overflows == 1
+    assert registry._label_overflows == 1
 
 
 def test_a_clock_stepping_back_cannot_blind_the_breaker() -> None:

@@ -79,7 +79,7 @@ def test_transition_hooks_hear_each_transition_without_the_lock(clock: FakeClock
     """A hook gets (breaker, old, new) for every transition, called after the lock is released."""
     provider = replica(clock)
     heard: list[tuple[str, str, bool]] = []
-    provider.breaker.transition_hooks.append(
+    provider._breaker.transition_hooks.append(
         lambda breaker, old, new: heard.append((old, new, provider._lock.locked()))
     )
     trip(provider)
@@ -99,9 +99,9 @@ def test_a_failing_hook_is_counted_and_the_call_goes_on(clock: FakeClock) -> Non
     def broken(breaker: object, old: str, new: str) -> None:
         raise RuntimeError("boom")
 
-    provider.breaker.transition_hooks.append(broken)
+    provider._breaker.transition_hooks.append(broken)
     trip(provider)
-    assert provider.breaker.listener_errors == 1
+    assert provider._breaker.listener_errors == 1
     assert isinstance(rejected(provider), CircuitOpenError)
 
 
@@ -110,12 +110,12 @@ def test_apply_remote_open_rejects_until_the_given_time(clock: FakeClock) -> Non
     listener = Recorder()
     provider = replica(clock, listeners=[listener])
     with provider._lock:
-        provider.breaker.apply_remote_locked("open", clock() + 12.0, clock())
-    provider.breaker.notify()
+        provider._breaker.apply_remote_locked("open", clock() + 12.0, clock())
+    provider._breaker.notify()
     error = rejected(provider)
     assert error is not None and error.retry_after == pytest.approx(12.0)
     assert listener.changes == [("closed", "open")]
-    assert provider.breaker.transitions == {("closed", "open"): 1}
+    assert provider._breaker.transitions == {("closed", "open"): 1}
     clock.advance(12.0)
     assert provider.state == "half_open"
 
@@ -124,20 +124,20 @@ def test_apply_remote_same_state_only_moves_the_open_time(clock: FakeClock) -> N
     """Open taking open again keeps its generation and takes the new reopening time."""
     provider = replica(clock)
     trip(provider)
-    generation = provider.breaker.generation
+    generation = provider._breaker.generation
     with provider._lock:
-        provider.breaker.apply_remote_locked("open", clock() + 5.0, clock())
-        provider.breaker.apply_remote_locked("forced_open", 0.0, clock())
-        provider.breaker.apply_remote_locked("forced_open", 0.0, clock())
-    assert provider.breaker.generation == generation + 1
-    assert provider.breaker.transitions[("open", "forced_open")] == 1
+        provider._breaker.apply_remote_locked("open", clock() + 5.0, clock())
+        provider._breaker.apply_remote_locked("forced_open", 0.0, clock())
+        provider._breaker.apply_remote_locked("forced_open", 0.0, clock())
+    assert provider._breaker.generation == generation + 1
+    assert provider._breaker.transitions[("open", "forced_open")] == 1
 
 
 def test_apply_remote_refuses_an_unknown_state(clock: FakeClock) -> None:
     """Only the five state names are taken."""
     provider = replica(clock)
     with provider._lock, pytest.raises(ValueError, match="state must be one of"):
-        provider.breaker.apply_remote_locked("ajar", 0.0, clock())
+        provider._breaker.apply_remote_locked("ajar", 0.0, clock())
 
 
 @pytest.mark.parametrize(
@@ -151,7 +151,7 @@ def test_trial_limit_overrides_half_open_max_calls(
     provider = replica(clock, half_open_max_calls=2)
     trip(provider)
     clock.advance(30)
-    provider.breaker.trial_limit = limit
+    provider._breaker.trial_limit = limit
     permits = []
     for _ in range(3):
         with contextlib.suppress(CircuitOpenError):
@@ -254,7 +254,7 @@ async def test_a_trip_in_one_replica_opens_the_other_until_the_same_instant(
         error = rejected(b)
         assert error is not None and error.provider == NAME
         assert error.retry_after == pytest.approx(20.0)
-        assert b.breaker.transitions == {("closed", "open"): 1}
+        assert b._breaker.transitions == {("closed", "open"): 1}
         assert b.snapshot().requests_total["failure"] == 0  # nothing reached the provider from B
         clock.advance(20)
         assert (a.state, b.state) == ("half_open", "half_open")
@@ -274,7 +274,7 @@ async def test_half_open_trials_are_leased_across_replicas(
         await sync(shared_a, shared_b)
         assert rejected(a) is not None and rejected(b) is not None  # no lease yet: the trials wait
         await sync(shared_a, shared_b)  # both asked; A asked first and gets the one slot
-        assert (a.breaker.trial_limit, b.breaker.trial_limit) == (1, 0)
+        assert (a._breaker.trial_limit, b._breaker.trial_limit) == (1, 0)
         assert rejected(b) is not None
         a.record(a.admit(), "success", 0.01)
         assert a.state == "closed"
@@ -315,14 +315,14 @@ async def test_an_idle_replica_gives_its_lease_back(
         clock.advance(30)
         rejected(a)
         await sync(shared_a)
-        assert a.breaker.trial_limit == 1
+        assert a._breaker.trial_limit == 1
         rejected(b)
         await sync(shared_b)
-        assert b.breaker.trial_limit == 0
+        assert b._breaker.trial_limit == 0
         await sync(shared_a)  # A saw no trial since: it lets go
-        assert a.breaker.trial_limit == 0
+        assert a._breaker.trial_limit == 0
         await sync(shared_b)
-        assert b.breaker.trial_limit == 1
+        assert b._breaker.trial_limit == 1
 
 
 @uses_redis
@@ -346,17 +346,17 @@ async def test_the_lease_of_a_replica_that_died_runs_out(
         clock.advance(30)
         rejected(a)
         await sync(shared_a)
-        assert a.breaker.trial_limit == 1
+        assert a._breaker.trial_limit == 1
         rejected(b)
         await sync(shared_b)
-        assert b.breaker.trial_limit == 0  # A's lease is live
+        assert b._breaker.trial_limit == 0  # A's lease is live
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 5.0
-        while b.breaker.trial_limit == 0:
+        while b._breaker.trial_limit == 0:
             assert loop.time() < deadline, "the dead replica's lease never ran out"
             await asyncio.sleep(0.01)
             await sync(shared_b)
-        assert b.breaker.trial_limit == 1
+        assert b._breaker.trial_limit == 1
     finally:
         await shared_a.stop()
         await shared_b.stop()
@@ -377,7 +377,7 @@ async def test_a_failed_trial_reopens_every_replica(
         b.record(b.admit(), "failure", 0.01)
         await sync(shared_b, shared_a)
         assert (a.state, b.state) == ("open", "open")
-        assert (a.breaker.trial_limit, b.breaker.trial_limit) == (0, 0)
+        assert (a._breaker.trial_limit, b._breaker.trial_limit) == (0, 0)
 
 
 @pytest.mark.parametrize(
@@ -498,7 +498,7 @@ async def test_redis_down_runs_on_local_state_and_recovers(
         assert not await shared_b.sync_once()
         assert (shared_a.healthy, shared_a.failures) == (False, 1)
         assert a.errors == {"shared_state_unavailable": 1}
-        assert a.breaker.trial_limit is None  # the policy's own half-open trials, locally
+        assert a._breaker.trial_limit is None  # the policy's own half-open trials, locally
         trip(a)
         assert rejected(a) is not None and rejected(b) is None  # nothing shared meanwhile
         payload = health_payload(shared_a.registry)["shared_state"]
@@ -584,7 +584,7 @@ async def test_the_background_sync_publishes_a_trip_at_once(
         assert shared_b.running and shared_b.healthy
         trip(a)
         await wait_for(lambda: rejected(b) is not None)
-    assert not shared_b.running and b.breaker.transition_hooks == [] and b.breaker.trial_limit is None
+    assert not shared_b.running and b._breaker.transition_hooks == [] and b._breaker.trial_limit is None
 
 
 async def wait_for(condition: Callable[[], bool], seconds: float = 5.0) -> None:

@@ -129,7 +129,7 @@ async def test_hosts_past_max_providers_fold_into_other() -> None:
     for host in ("a.example", "b.example", "c.example", "d.example"):
         await send("async", transport, f"https://{host}/")
     assert calls(registry) == {"a.example": 1, "b.example": 1, "other": 2}
-    assert registry.label_overflows == 2
+    assert registry._label_overflows == 2
 
 
 async def test_host_registered_after_first_use_is_honoured() -> None:

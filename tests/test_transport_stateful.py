@@ -349,7 +349,7 @@ class TransportMachine(RuleBasedStateMachine):
         if hasattr(self, "model"):
             self.model.expire()
             assert self.provider.state == self.model.state
-            assert self.provider.breaker.transitions == dict(self.model.transitions)
+            assert self.provider._breaker.transitions == dict(self.model.transitions)
 
     @invariant()
     def same_numbers(self) -> None:

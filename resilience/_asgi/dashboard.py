@@ -172,7 +172,7 @@ def _provider(snap: ProviderSnapshot, registry: ProviderRegistry) -> dict[str, A
         "latency_ms": latency_ms(window),
         "cost_usd": _num(window.cost_usd, 6),
     }
-    probe = registry.probes.get(snap.name)
+    probe = registry._probes.get(snap.name)
     if probe is not None:
         entry["probe"] = probe_payload(probe.snapshot())
     return entry

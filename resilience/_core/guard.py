@@ -35,11 +35,11 @@ class Guard:
     def __init__(self, provider: Provider, model: TimeWindow | None) -> None:
         self._provider = provider
         self._model = model
-        self._pending = provider.stats.pending if model is None else model.pending
+        self._pending = provider._stats.pending if model is None else model.pending
 
     def __enter__(self) -> Guard:
         provider = self._provider
-        permit = provider.breaker.closed_permit
+        permit = provider._breaker.closed_permit
         self._permit = permit if permit >= 0 else provider.admit(self._model)
         self._start = provider.clock()
         return self
@@ -54,7 +54,7 @@ class Guard:
         now = provider.clock()
         duration = now - self._start
         if exc is None:
-            if self._permit == provider.breaker.closed_permit and duration < provider._slow_s:
+            if self._permit == provider._breaker.closed_permit and duration < provider._slow_s:
                 # the fast path of Provider.record_success, inlined
                 pending = self._pending
                 pending.append(duration)

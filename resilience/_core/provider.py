@@ -77,55 +77,55 @@ class Provider:
     ) -> None:
         self.name = name
         self.policy = policy
-        self.explicit = explicit
+        self._explicit = explicit
         self.hosts = hosts
         self.clock = clock
         self._lock = threading.Lock()
-        self.breaker = Breaker(
+        self._breaker = Breaker(
             name, policy.breaker, clock=clock, lock=self._lock,
             throttled_is_failure=policy.throttled_is_failure,
         )
-        self.stats = TimeWindow(policy.stats_window_seconds)
-        self.headers_window = TimeWindow(policy.stats_window_seconds)
+        self._stats = TimeWindow(policy.stats_window_seconds)
+        self._headers_window = TimeWindow(policy.stats_window_seconds)
         self._max_models = max_models
         self._models: dict[str, TimeWindow] = {}
         self._orphans: deque[int] = deque()
-        self._fold_width = min(self.stats.bucket_seconds, _decision_bucket(self.breaker))
+        self._fold_width = min(self._stats.bucket_seconds, _decision_bucket(self._breaker))
         self._fold_at = -math.inf
         self._slow_s = float(policy.breaker.slow_call_seconds)  # type: ignore[arg-type]
         judged = policy.failure_statuses | policy.throttle_statuses | policy.retry.retry_statuses | {503}
-        self.plain_below = min(400, *judged)  # 4xx are client errors by default
+        self._plain_below = min(400, *judged)  # 4xx are client errors by default
         """Statuses below this are plain successes: nothing to classify, no ``Retry-After`` to read."""
-        self.requests_total = [0] * len(OUTCOMES)
-        self.cost_total = 0.0
-        self.retries_total: dict[str, int] = {}
-        self.duration_counts = [0] * len(_LE)  # lifetime, per Prometheus bucket (not cumulative)
+        self._requests_total = [0] * len(OUTCOMES)
+        self._cost_total = 0.0
+        self._retries_total: dict[str, int] = {}
+        self._duration_counts = [0] * len(_LE)  # lifetime, per Prometheus bucket (not cumulative)
         self._model_snaps: dict[str, ModelSnapshot] = {}
-        self.duration_sum = 0.0
-        self.model_overflows = 0
-        self.errors: dict[str, int] = {}
+        self._duration_sum = 0.0
+        self._model_overflows = 0
+        self._errors: dict[str, int] = {}
 
     def __repr__(self) -> str:
-        return f"<Provider {self.name!r} {self.breaker._state}>"
+        return f"<Provider {self.name!r} {self._breaker._state}>"
 
     # -- manual control --------------------------------------------------------
 
     @property
     def state(self) -> str:
         """The breaker state: closed, open, half_open, forced_open or disabled."""
-        return self.breaker.state
+        return self._breaker.state
 
     def force_open(self) -> None:
         """Reject every call until :meth:`reset`."""
-        self._control(self.breaker.force_open_locked)
+        self._control(self._breaker.force_open_locked)
 
     def disable(self) -> None:
         """Admit every call and never trip; outcomes are still recorded."""
-        self._control(self.breaker.disable_locked)
+        self._control(self._breaker.disable_locked)
 
     def reset(self) -> None:
         """Back to ``closed``; the stats window is kept."""
-        self._control(self.breaker.reset_locked)
+        self._control(self._breaker.reset_locked)
 
     def probe_succeeded(self) -> bool:
         """An active probe got through: an ``open`` breaker goes ``half_open`` now.
@@ -134,10 +134,10 @@ class Provider:
         """
         now = self.clock()
         with self._lock:
-            moved = self.breaker._state is OPEN
+            moved = self._breaker._state is OPEN
             if moved:
-                self.breaker._transition_locked(HALF_OPEN, now)
-        self.breaker.notify()
+                self._breaker._transition_locked(HALF_OPEN, now)
+        self._breaker.notify()
         return moved
 
     def _control(self, action: object) -> None:
@@ -145,7 +145,7 @@ class Provider:
         with self._lock:
             self._fold_locked(now)
             action(now)  # type: ignore[operator]  # a bound *_locked method
-        self.breaker.notify()
+        self._breaker.notify()
 
     # -- labels ----------------------------------------------------------------
 
@@ -164,7 +164,7 @@ class Provider:
             window = self._models.get(key)
             if window is None:
                 if len(self._models) >= self._max_models and key != OTHER:
-                    self.model_overflows += 1
+                    self._model_overflows += 1
                     key = OTHER
                     window = self._models.get(OTHER)
                     if window is not None:
@@ -172,21 +172,27 @@ class Provider:
                 window = self._models[key] = TimeWindow(self.policy.stats_window_seconds)
         return window
 
+    @property
+    def errors(self) -> dict[str, int]:
+        """Instrumentation errors counted so far, by kind (a copy; :meth:`count_error` counts one)."""
+        with self._lock:
+            return dict(self._errors)
+
     def count_error(self, kind: str) -> None:
         """Count an instrumentation error (a bad cost body, a metrics error ...)."""
         with self._lock:
-            self.errors[kind] = self.errors.get(kind, 0) + 1
+            self._errors[kind] = self._errors.get(kind, 0) + 1
 
     def count_retry(self, reason: str) -> None:
         """Count a retry the transport is about to make."""
         with self._lock:
-            self.retries_total[reason] = self.retries_total.get(reason, 0) + 1
+            self._retries_total[reason] = self._retries_total.get(reason, 0) + 1
 
     # -- permits ---------------------------------------------------------------
 
     def admit(self, model: TimeWindow | None = None) -> int:
         """A permit for one attempt, or :class:`CircuitOpenError` (recorded as ``rejected``)."""
-        breaker = self.breaker
+        breaker = self._breaker
         state = breaker._state
         if state is CLOSED or state is DISABLED:
             return breaker.permit
@@ -199,10 +205,10 @@ class Provider:
                 breaker.release_locked(orphans.popleft())
             permit = breaker.try_acquire_locked(now)
             if permit is None:
-                self.stats.record(now, REJECTED)
+                self._stats.record(now, REJECTED)
                 if model is not None:
                     model.record(now, REJECTED)
-                self.requests_total[REJECTED] += 1
+                self._requests_total[REJECTED] += 1
                 retry_after, state = breaker.retry_after_locked(now), breaker._state
         breaker.notify()
         if permit is None:
@@ -221,8 +227,8 @@ class Provider:
     def release(self, permit: int) -> None:
         """Give back a permit whose call ended without a result (cancelled)."""
         with self._lock:
-            self.breaker.release_locked(permit)
-        self.breaker.notify()
+            self._breaker.release_locked(permit)
+        self._breaker.notify()
 
     # -- recording -------------------------------------------------------------
 
@@ -245,11 +251,11 @@ class Provider:
         """
         judged = duration if time_to_headers is None else time_to_headers
         if (
-            permit == self.breaker.closed_permit
+            permit == self._breaker.closed_permit
             and judged < self._slow_s
             and (cost is None or 0 <= cost <= MAX_ATTEMPT_COST_USD)
         ):
-            pending = self.stats.pending if model is None else model.pending
+            pending = self._stats.pending if model is None else model.pending
             if time_to_headers is None and cost is None and not (input_tokens or output_tokens):
                 pending.append(duration)
             else:
@@ -282,8 +288,8 @@ class Provider:
 
         ``duration`` is the whole attempt (to the end of a streamed body);
         ``time_to_headers``, for streamed responses, the time to the response
-        headers, kept in :attr:`headers_window`; a streamed attempt is
-        ``slow`` by it, never by its whole length. ``retry_after`` is a
+        headers, kept in a window of its own; a streamed attempt is ``slow``
+        by it, never by its whole length. ``retry_after`` is a
         ``Retry-After`` the response carried (seconds), for ``open_on_retry_after``.
         ``judged=False`` records the attempt in the windows and counters but
         gives the breaker no verdict (the permit is released instead).
@@ -298,34 +304,34 @@ class Provider:
             self.count_error("invalid_cost")
         with self._lock:
             self._fold_locked(now)
-            for window in (self.stats, model):
+            for window in (self._stats, model):
                 if window is not None:
                     window.record(
                         now, index, duration, slow=slow, cost=cost, cost_unknown=cost_unknown,
                         input_tokens=input_tokens, output_tokens=output_tokens,
                     )
-            self.requests_total[index] += 1
+            self._requests_total[index] += 1
             if index != REJECTED:
-                self.duration_counts[PROMETHEUS_BUCKET[bucket_of(duration)]] += 1
-                self.duration_sum += duration
+                self._duration_counts[PROMETHEUS_BUCKET[bucket_of(duration)]] += 1
+                self._duration_sum += duration
             if cost is not None:
-                self.cost_total += cost
+                self._cost_total += cost
             if time_to_headers is not None:
-                self.headers_window.record(now, index, time_to_headers)
+                self._headers_window.record(now, index, time_to_headers)
             if index == REJECTED:
                 pass
             elif judged:
-                self.breaker.on_result_locked(permit, index, slow, now, retry_after)
+                self._breaker.on_result_locked(permit, index, slow, now, retry_after)
             else:  # no verdict on the provider (a cancelled stream): its trial slot goes back
-                self.breaker.release_locked(permit)
-        self.breaker.notify()
+                self._breaker.release_locked(permit)
+        self._breaker.notify()
 
     def open_for(self, seconds: float) -> None:
         """Open the breaker for at least ``seconds`` (a ``Retry-After``)."""
         now = self.clock()
         with self._lock:
-            self.breaker.open_for_locked(seconds, now)
-        self.breaker.notify()
+            self._breaker.open_for_locked(seconds, now)
+        self._breaker.notify()
 
     def fold(self, now: float) -> None:
         """Fold the pending fast successes into the windows."""
@@ -334,7 +340,7 @@ class Provider:
 
     def _fold_locked(self, now: float) -> None:
         # a fast success waits in exactly one list: its model window's, or the stats window's
-        stats = self.stats
+        stats = self._stats
         latency: Counter[int] = Counter()
         n, total = 0, 0.0
         extras: Extras | None = None
@@ -362,16 +368,16 @@ class Provider:
         if n:
             stats.record_successes(when, n, latency, extras)
             if extras is not None:
-                self.cost_total += extras.cost
+                self._cost_total += extras.cost
                 if extras.headers:
                     headers = Counter(map(bucket_of, extras.headers))
-                    self.headers_window.record_successes(when, len(extras.headers), headers)
-            self.breaker.add_successes_locked(when, n)
-            self.requests_total[SUCCESS] += n
-            lifetime = self.duration_counts
+                    self._headers_window.record_successes(when, len(extras.headers), headers)
+            self._breaker.add_successes_locked(when, n)
+            self._requests_total[SUCCESS] += n
+            lifetime = self._duration_counts
             for index, count in latency.items():
                 lifetime[PROMETHEUS_BUCKET[index]] += count
-            self.duration_sum += total
+            self._duration_sum += total
         if now >= self._fold_at:
             width = self._fold_width
             self._fold_at = (now // width + 1) * width
@@ -394,18 +400,18 @@ class Provider:
         now = self.clock()
         with self._lock:
             self._fold_locked(now)
-            self.breaker._expire_locked(now)
-            state = self.breaker._state
-            window = self.stats.snapshot(now)
+            self._breaker._expire_locked(now)
+            state = self._breaker._state
+            window = self._stats.snapshot(now)
             models = self._model_snapshots(now)
-            retry_after = self.breaker.retry_after_locked(now)
-            requests: dict[str, int] = dict(zip(OUTCOMES, self.requests_total, strict=True))
-            cost_total, duration_sum = self.cost_total, self.duration_sum
-            retries, transitions = dict(self.retries_total), dict(self.breaker.transitions)
-            buckets = tuple(zip(_LE, accumulate(self.duration_counts), strict=True))
-            history = tuple(self.breaker.history)
-            headers = self.headers_window.snapshot(now)
-        self.breaker.notify()
+            retry_after = self._breaker.retry_after_locked(now)
+            requests: dict[str, int] = dict(zip(OUTCOMES, self._requests_total, strict=True))
+            cost_total, duration_sum = self._cost_total, self._duration_sum
+            retries, transitions = dict(self._retries_total), dict(self._breaker.transitions)
+            buckets = tuple(zip(_LE, accumulate(self._duration_counts), strict=True))
+            history = tuple(self._breaker.history)
+            headers = self._headers_window.snapshot(now)
+        self._breaker.notify()
         policy = self.policy
         score = _health.health_score(state, window, policy.latency_slo_seconds)
         return ProviderSnapshot(

@@ -75,10 +75,10 @@ class ProviderRegistry:
         self._providers: dict[str, Provider] = {}
         self._hosts: dict[str, str] = {}
         self._wildcards: list[tuple[str, str]] = []
-        self.label_overflows = 0
-        self.collectors: list[Exporter] = []
+        self._label_overflows = 0
+        self._collectors: list[Exporter] = []
         self.extensions: dict[str, Any] = {}
-        self.probes: dict[str, Probe] = {}  # active probes by provider name, off by default
+        self._probes: dict[str, Probe] = {}  # active probes by provider name, off by default
 
     # -- registration ----------------------------------------------------------
 
@@ -99,7 +99,7 @@ class ProviderRegistry:
             ConfigError: a bad name, host, policy or probe, or a name registered twice.
         """
         if probe is not None and (
-            not callable(getattr(probe, "check", None)) or any(p is probe for p in self.probes.values())
+            not callable(getattr(probe, "check", None)) or any(p is probe for p in self._probes.values())
         ):
             raise ConfigError(f"probe must be an HttpProbe not given to another provider, got {probe!r}")
         if (
@@ -122,14 +122,14 @@ class ProviderRegistry:
         resolved = resolve_policy(policy, self.default_policy)
         with self._lock:
             existing = self._providers.get(name)
-            if existing is not None and existing.explicit:
+            if existing is not None and existing._explicit:
                 raise ConfigError(f"provider {name!r} is already registered")
             taken = [h for h in host_list if self._hosts.get(h, name) != name]
             if taken:
                 raise ConfigError(f"hosts {taken!r} already belong to another provider")
             provider = self._new_provider(name, resolved, explicit=True, hosts=host_list)
             if probe is not None:
-                self.probes[name] = probe
+                self._probes[name] = probe
             for host in host_list:
                 if host.startswith("*."):
                     self._wildcards.append((host[1:], name))
@@ -197,7 +197,7 @@ class ProviderRegistry:
     def _auto(self, name: str) -> Provider:
         if len(name) > MAX_LABEL_LENGTH or not name:
             with self._lock:
-                self.label_overflows += 1
+                self._label_overflows += 1
             name = OTHER
         name = encodable(name)[:MAX_LABEL_LENGTH]
         with self._lock:
@@ -205,7 +205,7 @@ class ProviderRegistry:
             if provider is not None:
                 return provider
             if name != OTHER and len(self._providers) >= self.max_providers:
-                self.label_overflows += 1
+                self._label_overflows += 1
                 name = OTHER
                 provider = self._providers.get(OTHER)
                 if provider is not None:
@@ -259,5 +259,5 @@ class ProviderRegistry:
             raise ConfigError("no metrics exporter is installed: import resilience, not resilience._core")
         collector = _EXPORTERS[0](self, namespace=namespace, model_metrics=model_metrics)
         collector.register(prometheus_registry)
-        self.collectors.append(collector)
+        self._collectors.append(collector)
         return collector

@@ -231,13 +231,13 @@ class ResilienceCollector(Collector):
     def _add_self_monitoring(self, appends: list[Append], providers: list[Provider]) -> None:
         overflow_name, errors_name = self._names[OVERFLOWS] + "_total", self._names[ERRORS] + "_total"
         overflows, errors = appends[OVERFLOWS], appends[ERRORS]
-        folded = self.registry.label_overflows
+        folded = self.registry._label_overflows
         overflows(Sample(overflow_name, {"label": "provider", "provider": "other"}, folded))
         collect_errors = dict(self.collect_errors)
         for provider in providers:
             name = provider.name
-            overflows(Sample(overflow_name, {"label": "model", "provider": name}, provider.model_overflows))
-            kinds = dict(provider.errors)
+            overflows(Sample(overflow_name, {"label": "model", "provider": name}, provider._model_overflows))
+            kinds = provider.errors  # a copy
             if name in collect_errors:
                 kinds["collect"] = kinds.get("collect", 0) + collect_errors[name]
             for kind in sorted(kinds):

@@ -122,7 +122,7 @@ class ProviderSync:
 
     def __init__(self, provider: Provider, wake: Callable[[], None]) -> None:
         self.provider = provider
-        breaker = provider.breaker
+        breaker = provider._breaker
         self.synced_generation = breaker.generation  # local and shared agreed at this generation
         self.synced_state: str = breaker._state
         self.seen_version = -1  # the shared version last seen; -1: none yet (adopt it)
@@ -140,7 +140,7 @@ class ProviderSync:
 
     def detach(self) -> None:
         """Remove the hook and give the breaker its own trial limit back."""
-        breaker = self.provider.breaker
+        breaker = self.provider._breaker
         if self.hook in breaker.transition_hooks:
             breaker.transition_hooks.remove(self.hook)
         breaker.trial_limit = None
@@ -148,12 +148,12 @@ class ProviderSync:
 
     def plan(self, now: float, wall: float) -> Plan:
         """Read the local breaker; lower its trial limit first if leases are to be released."""
-        provider, breaker = self.provider, self.provider.breaker
+        provider, breaker = self.provider, self.provider._breaker
         _ = provider.state  # an open breaker whose time is up moves to half_open (and notifies)
         with provider._lock:
             generation, state, until = breaker.generation, breaker._state, breaker._open_until
-            in_flight, rejected = breaker._trial_in_flight, provider.requests_total[REJECTED]
-            attempts = sum(provider.requests_total) - rejected
+            in_flight, rejected = breaker._trial_in_flight, provider._requests_total[REJECTED]
+            attempts = sum(provider._requests_total) - rejected
         kind = NONE if generation == self.synced_generation else self._kind(state)
         demand = rejected - self._rejected + self._unmet  # trials turned away, and leases still owed
         want = self._want(state, in_flight, demand, attempts != self._attempts)
@@ -192,7 +192,7 @@ class ProviderSync:
         elif seen != (self.seen_version, self.seen_epoch):  # newer, or of a hash Redis re-created
             self.adopt(state, until, seen, plan.generation, clock, wall)
         self.leases = int(reply[4])
-        self.provider.breaker.trial_limit = self.leases
+        self.provider._breaker.trial_limit = self.leases
         self._unmet = max(0, plan.want - self.leases)
 
     def adopt(
@@ -202,7 +202,7 @@ class ProviderSync:
         if state not in STATES:
             log.warning("shared breaker state of %r is %r, not a state; ignored", self.provider.name, state)
             return False
-        provider, breaker = self.provider, self.provider.breaker
+        provider, breaker = self.provider, self.provider._breaker
         with provider._lock:
             if breaker.generation != generation:
                 return False  # a local transition: the next sync publishes it
@@ -215,7 +215,7 @@ class ProviderSync:
 
     def fall_back(self) -> None:
         """Redis is unreachable: count it and run on the local breaker alone."""
-        self.provider.breaker.trial_limit = None
+        self.provider._breaker.trial_limit = None
         self.leases = 0
         self.provider.count_error("shared_state_unavailable")
 

@@ -85,7 +85,7 @@ class Call:
     def admit_first(self) -> Attempt:
         """The first attempt, admitted (raises :class:`CircuitOpenError` when the breaker rejects it)."""
         provider = self.provider
-        permit = provider.breaker.closed_permit
+        permit = provider._breaker.closed_permit
         if permit < 0:
             permit = admit(provider, self.model, self.stats)
         return Attempt(self, permit, provider.clock(), 1)
@@ -108,7 +108,7 @@ class Call:
         attempt.response = response
         status = response.status_code
         provider = self.provider
-        if status < provider.plain_below:
+        if status < provider._plain_below:
             return attempt  # a plain success: nothing to classify, no Retry-After to read
         policy = provider.policy
         attempt.outcome = outcome = policy.outcome_for_status(status)

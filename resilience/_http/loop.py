@@ -142,7 +142,7 @@ def spend(call: Call) -> bool:
     provider = call.provider
     now = provider.clock()
     provider.fold(now)  # count the pending fast successes too
-    totals = provider.requests_total
+    totals = provider._requests_total
     return budget_for(call.budgets, provider).try_spend(now, sum(totals) - totals[REJECTED])
 
 

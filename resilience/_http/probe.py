@@ -171,7 +171,7 @@ class ProbeRunner:
         self._client = client = module.AsyncClient(transport=self._transport)
         tasks: list[asyncio.Task[None]] = []
         self._tasks = tasks
-        for name, probe in self.registry.probes.items():
+        for name, probe in self.registry._probes.items():
             loop = self._loop(self.registry.get(name), cast(HttpProbe, probe), client, tasks)
             tasks.append(asyncio.create_task(loop, name=f"probe {name}"))
         return self

@@ -64,7 +64,7 @@ class Resolver:
 
     def _by_host(self, host: str) -> Provider:
         provider = self.registry.resolve(host=host)
-        if provider.explicit and host in provider.hosts and len(self.known) < 4096:
+        if provider._explicit and host in provider.hosts and len(self.known) < 4096:
             self.known[host] = provider
         return provider
 
