@@ -46,7 +46,7 @@ VALGRIND = "/usr/bin/valgrind"
 CASES = ("sync_json", "sync_cost", "sync_sse", "async_cost", "guard")
 STACKS = ("httpx", "httpx2")
 GUARD_PEERS = ("pybreaker", "circuitbreaker")
-HTTP_N, GUARD_N = 200, 2000
+HTTP_N, GUARD_N = 400, 4000
 WARMUP = 30
 N_DIGITS = 7
 """N is passed zero-padded, so the argv of the two runs has the same length."""
