@@ -1,10 +1,11 @@
 """Successes waiting, lock-free, to be folded into a provider's windows.
 
 A fast success on a closed breaker takes no lock: it is appended to one list
-(a window's ``pending``), and whoever next takes the provider's lock folds
-the lists in a batch (:meth:`resilience._core.provider.Provider.fold`). An
-entry is its duration, a ``float``; one with more to say (a streamed
-response's time to headers, a cost, tokens) is a :data:`Rich` tuple.
+of its window, and whoever next takes the provider's lock folds the lists in
+a batch (:meth:`resilience._core.provider.Provider.fold`). A plain one is its
+duration, a ``float``, in the window's ``pending``; one with more to say (a
+streamed response's time to headers, a cost, tokens) is a :data:`Rich` tuple
+in its ``rich``, so folding plain ones never has to sort the two apart.
 """
 
 from __future__ import annotations
@@ -14,9 +15,6 @@ from typing import TypeAlias
 
 Rich: TypeAlias = tuple[float, float | None, float | None, int, int]
 """``(duration, time to headers or None, cost in USD or None, input tokens, output tokens)``."""
-
-Entry: TypeAlias = "float | Rich"
-
 
 class Extras:
     """What the rich entries of one batch add beyond their durations."""
@@ -38,12 +36,3 @@ class Extras:
         self.input_tokens += other.input_tokens
         self.output_tokens += other.output_tokens
         self.headers += other.headers
-
-
-def split(entries: list[Entry]) -> tuple[list[float], Extras | None]:
-    """The durations of a drained batch, and what its rich entries add (``None``: there are none)."""
-    rich: list[Rich] = [entry for entry in entries if isinstance(entry, tuple)]
-    if not rich:
-        return entries, None  # type: ignore[return-value]  # floats only
-    durations = [entry[0] if isinstance(entry, tuple) else entry for entry in entries]
-    return durations, Extras(rich)

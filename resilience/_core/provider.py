@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import threading
+from typing import Any, TypeVar
 from collections import Counter, deque
 from itertools import accumulate
 
@@ -28,9 +29,11 @@ from resilience._core.clock import Clock
 from resilience._core.config import OUTCOMES, ResolvedPolicy
 from resilience._core.errors import CircuitOpenError
 from resilience._core.histogram import DURATION_BUCKETS, PROMETHEUS_BUCKET, bucket_of
-from resilience._core.pending import Entry, Extras, split
+from resilience._core.pending import Extras
 from resilience._core.snapshot import ModelSnapshot, ProviderSnapshot
 from resilience._core.window import REJECTED, SUCCESS, TimeWindow, outcome_index
+
+T = TypeVar("T")
 
 OTHER = "other"
 """The label that overflowing provider and model names fold into."""
@@ -255,10 +258,12 @@ class Provider:
             and judged < self._slow_s
             and (cost is None or 0 <= cost <= MAX_ATTEMPT_COST_USD)
         ):
-            pending = self._stats.pending if model is None else model.pending
+            window = self._stats if model is None else model
             if time_to_headers is None and cost is None and not (input_tokens or output_tokens):
+                pending: list[Any] = window.pending
                 pending.append(duration)
             else:
+                pending = window.rich
                 pending.append((duration, time_to_headers, cost, input_tokens, output_tokens))
             if now >= self._fold_at or len(pending) >= FOLD_BATCH:
                 self.fold(now)
@@ -350,10 +355,15 @@ class Provider:
             # everything pending arrived before fold_at: keep it in that bucket
             when = fold_at - self._fold_width * 1e-6
         for window in (stats, *self._models.values()):
-            pending = window.pending
-            if not pending:
+            pending, rich = window.pending, window.rich
+            if not pending and not rich:
                 continue
-            durations, more = split(_drain(pending))
+            durations = _drain(pending)
+            more = None
+            if rich:
+                entries = _drain(rich)
+                durations += [entry[0] for entry in entries]
+                more = Extras(entries)
             counts = Counter(map(bucket_of, durations))
             if window is not stats:
                 window.record_successes(when, len(durations), counts, more)
@@ -443,7 +453,7 @@ def _decision_bucket(breaker: Breaker) -> float:
     return window.bucket_seconds if isinstance(window, TimeWindow) else math.inf
 
 
-def _drain(pending: list[Entry]) -> list[Entry]:
+def _drain(pending: list[T]) -> list[T]:
     """Take what ``pending`` holds now; appends racing in (at the end) stay for the next fold.
 
     Each step is one C call, atomic under the GIL, and only the fold (under

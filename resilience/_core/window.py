@@ -20,7 +20,7 @@ from typing import NamedTuple
 
 from resilience._core import histogram as _histogram
 from resilience._core.config import Outcome
-from resilience._core.pending import Entry, Extras
+from resilience._core.pending import Extras, Rich
 
 SUCCESS, FAILURE, THROTTLED, CLIENT_ERROR, REJECTED = range(5)
 SLOW, COSTED, UNKNOWN_COST, INPUT_TOKENS, OUTPUT_TOKENS = range(5, 10)
@@ -87,7 +87,7 @@ class TimeWindow:
 
     __slots__ = (
         "_buckets", "_cache", "_cache_version", "_cur", "_hi", "_hist", "_lo",
-        "_n", "_totals", "_version", "_width", "latency", "pending", "window_seconds",
+        "_n", "_totals", "_version", "_width", "latency", "pending", "rich", "window_seconds",
     )
 
     def __init__(self, window_seconds: float, *, buckets: int = 60, latency: bool = True) -> None:
@@ -106,7 +106,10 @@ class TimeWindow:
         self._version = 0
         self._cache_version = -1
         self._cache: WindowSnapshot = EMPTY
-        self.pending: list[Entry] = []
+        self.pending: list[float] = []
+        """Durations of fast successes waiting to be folded (lock-free appends)."""
+        self.rich: list[Rich] = []
+        """Fast successes with a time to headers, a cost or tokens, waiting likewise."""
         """Durations of fast successes appended lock-free by the owner, who folds them in
         (:meth:`record_successes`) under its lock; see :class:`resilience._core.provider.Provider`."""
 
