@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import math
 import threading
-from typing import Any, TypeVar
 from collections import Counter, deque
 from itertools import accumulate
+from typing import Any, TypeVar
 
 from resilience._core import context as _context
 from resilience._core import health as _health
