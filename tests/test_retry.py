@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email.utils
 import math
+import ssl
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -462,3 +463,18 @@ async def test_async_retries_wait_under_trio_by_default() -> None:
         response = await client.post(URL, json={"model": "m"})
     assert response.status_code == 200
     assert len(upstream.requests) == 2
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize(
+    "error", [pytest.param(ssl.SSLError("record layer failure"), id="ssl"),
+              pytest.param(anyio.EndOfStream(), id="end-of-stream")],
+)
+async def test_tls_failures_a_stack_leaves_unmapped_are_retried_as_transport_errors(
+    mode: str, error: Exception
+) -> None:
+    """ssl.SSLError and EndOfStream, which httpx2 may let escape from a TLS failure, are retried."""
+    upstream = Upstream(error, 200)
+    transport, registry, _ = setup(upstream)
+    assert (await send(mode, transport)).status_code == 200
+    assert registry.get("openrouter").snapshot().retries_total == {"transport_error": 1}

@@ -98,7 +98,7 @@ class Call:
             raise exc
         attempt.error = exc
         attempt.finish(failed=True)
-        if isinstance(exc, stack.transport_error) and self.retry.retry_transport_errors:
+        if isinstance(exc, stack.transport_errors) and self.retry.retry_transport_errors:
             attempt.reason = "timeout" if isinstance(exc, stack.timeout_error) else "transport_error"
         return attempt
 

@@ -90,6 +90,9 @@ class BodyInspector:
         if self._decoder is not None:
             chunk = self._decode(chunk)
         if self._sse:
+            if not self._partial and chunk[-1:] == b"\n" and chunk.find(b"usage") < 0:
+                self._skip_line = False
+                return  # whole lines, none about usage: nothing to keep (most SSE chunks)
             self._feed_sse(chunk)
             return
         self._size += len(chunk)

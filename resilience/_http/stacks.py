@@ -13,11 +13,13 @@ found per request by the request's class (:func:`stack_of`, one dict lookup).
 
 from __future__ import annotations
 
+import ssl
 import sys
 from dataclasses import dataclass
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
+import anyio
 import httpx2
 
 from resilience._http.errors import HttpxStreamTimeoutError, StreamTimeoutError
@@ -55,7 +57,9 @@ class Stack:
     """Errors on our side: the request never reached the provider (nothing is recorded)."""
     stale_errors: tuple[type[BaseException], ...]
     """Errors a request cut short on an open connection shows up as (not ``ConnectError``)."""
-    transport_error: type[Exception]
+    transport_errors: tuple[type[BaseException], ...]
+    """The stack's ``TransportError``, and what its async transport lets escape unmapped (httpx2 lets
+    ``ssl.SSLError`` and ``anyio.EndOfStream`` from a TLS failure through): retried as transport errors."""
     timeout_error: type[Exception]
     stream_timeout: type[StreamTimeoutError]
     http_transports: tuple[type, ...]
@@ -74,7 +78,7 @@ def _stack(name: str, module: Any, stream_timeout: type[StreamTimeoutError]) -> 
         byte_stream=module.ByteStream,
         not_sent=(module.UnsupportedProtocol, module.LocalProtocolError, module.PoolTimeout),
         stale_errors=(module.RemoteProtocolError, module.ReadError, module.WriteError),
-        transport_error=module.TransportError,
+        transport_errors=(module.TransportError, ssl.SSLError, anyio.EndOfStream),
         timeout_error=module.TimeoutException,
         stream_timeout=stream_timeout,
         http_transports=(module.HTTPTransport, module.AsyncHTTPTransport),
