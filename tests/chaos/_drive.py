@@ -1,43 +1,51 @@
 """Load for the chaos suite: many coroutines and threads sending a weighted mix of faults.
 
 Every request ends in one of three ways, tallied in :class:`Run`: a response
-(by status), a typed exception (by class name), or anything else escaping
-(kept whole in ``escaped``: the suite asserts there is none).
+(by status), a typed exception of the client's own HTTP stack (by class
+name), or anything else escaping (kept whole in ``escaped``: the suite
+asserts there is none; an exception of the *other* stack escapes too).
+
+The suite runs on each HTTP stack, httpx2 and httpx (same API, classes of
+their own), sometimes both in one scenario. Nothing here is made with a
+stack's classes at import: timeouts, limits and the typed exceptions are
+built for the stack a client (:func:`stack_of`) or the caller names.
 """
 
 from __future__ import annotations
 
 import random
+import sys
 import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from types import ModuleType
 
 import anyio
 import httpx
 
 from resilience import BreakerPolicy, CircuitOpenError, Policy, RetryPolicy
 
-TYPED = (httpx.HTTPError, CircuitOpenError)
-"""What may reach a caller besides a response (``StreamTimeoutError`` is an ``httpx.TimeoutException``)."""
+STACK_NAMES = ("httpx2", "httpx")
+"""The HTTP stacks the suite runs on, by module name."""
 
 RAW_KINDS = ("reset", "reuse")
 """Paths served by the raw socket server."""
 
 STREAMED = ("sse", "stall")
-SHORT = httpx.Timeout(15.0, read=0.4)
-"""Per-request timeout of paths that hang or stall: the read gives up long before the upstream does."""
+TIMEOUT_SECONDS = 15.0
+"""Per-request timeout: never reached on loopback."""
 
-LONG = httpx.Timeout(15.0)
-"""Per-request timeout of every other path: never reached on loopback."""
+SHORT_READ_SECONDS = 0.4
+"""Read timeout of paths that hang or stall: the read gives up long before the upstream does."""
 
 STREAMING_IDLE = 1.0
 """``idle_timeout`` where SSE answers stream alongside stalls: far above any gap between their chunks,
 so only a stall breaches it (a breach of an answer whose cost was already sent would make the cost
 invariant depend on load). The ``stall_mid_stream`` scenario, with no multi-chunk answers, uses 0.25 s."""
 
-LIMITS = httpx.Limits(max_connections=400, max_keepalive_connections=400)
+POOL_SIZE = 400
 """Pool limits of the inner transports: never the bottleneck (a pool timeout never reaches the upstream)."""
 
 HOST = "127.0.0.1"
@@ -45,6 +53,36 @@ HOST = "127.0.0.1"
 
 Mix = Sequence[tuple[str, int]]
 """``(path, weight)`` pairs a worker draws its requests from."""
+
+
+def stack_of(obj: object) -> ModuleType:
+    """The HTTP stack (the ``httpx2`` or ``httpx`` module) whose class ``obj`` is an instance of."""
+    for cls in type(obj).__mro__:
+        name = cls.__module__.partition(".")[0]
+        if name in STACK_NAMES:
+            return sys.modules[name]
+    raise TypeError(f"{obj!r} belongs to neither HTTP stack")
+
+
+def typed(stack: ModuleType) -> tuple[type[BaseException], ...]:
+    """What may reach a caller of ``stack`` besides a response.
+
+    ``StreamTimeoutError`` raised for a request of ``stack`` is that stack's ``TimeoutException``.
+    """
+    return (stack.HTTPError, CircuitOpenError)
+
+
+def timeout(stack: ModuleType, path: str = "") -> httpx.Timeout:
+    """``stack``'s per-request timeout for ``path``: a short read where the upstream hangs or stalls."""
+    read = SHORT_READ_SECONDS if path.startswith(("/hang", "/stall")) else TIMEOUT_SECONDS
+    made: httpx.Timeout = stack.Timeout(TIMEOUT_SECONDS, read=read)
+    return made
+
+
+def limits(stack: ModuleType) -> httpx.Limits:
+    """``stack``'s pool limits for the inner transports (:data:`POOL_SIZE`)."""
+    made: httpx.Limits = stack.Limits(max_connections=POOL_SIZE, max_keepalive_connections=POOL_SIZE)
+    return made
 
 
 @dataclass
@@ -104,8 +142,8 @@ def draw(mix: Mix, rng: random.Random) -> str:
     return path
 
 
-def _settle(run: Run, exc: BaseException) -> None:
-    if isinstance(exc, TYPED):
+def _settle(run: Run, stack: ModuleType, exc: BaseException) -> None:
+    if isinstance(exc, typed(stack)):
         run.add(type(exc).__name__, circuit=isinstance(exc, CircuitOpenError))
     else:
         run.add("escaped", escaped=repr(exc))
@@ -114,14 +152,16 @@ def _settle(run: Run, exc: BaseException) -> None:
 async def send_async(client: httpx.AsyncClient, bases: Bases, path: str, run: Run, n: int) -> None:
     """One request through the async client, its body read to the end."""
     url, extensions = bases.url(path)
-    timeout = SHORT if path.startswith(("/hang", "/stall")) else LONG
+    stack = stack_of(client)
     body = {"model": f"m{n % 3}", "messages": [{"role": "user", "content": "hi"}]}
     try:
-        async with client.stream("POST", url, json=body, timeout=timeout, extensions=extensions) as response:
+        async with client.stream(
+            "POST", url, json=body, timeout=timeout(stack, path), extensions=extensions
+        ) as response:
             async for _ in response.aiter_bytes():
                 pass
     except Exception as exc:
-        _settle(run, exc)
+        _settle(run, stack, exc)
     else:
         run.add(f"status_{response.status_code}")
 
@@ -129,14 +169,16 @@ async def send_async(client: httpx.AsyncClient, bases: Bases, path: str, run: Ru
 def send_sync(client: httpx.Client, bases: Bases, path: str, run: Run, n: int) -> None:
     """One request through the sync client, its body read to the end."""
     url, extensions = bases.url(path)
-    timeout = SHORT if path.startswith(("/hang", "/stall")) else LONG
+    stack = stack_of(client)
     body = {"model": f"m{n % 3}", "messages": [{"role": "user", "content": "hi"}]}
     try:
-        with client.stream("POST", url, json=body, timeout=timeout, extensions=extensions) as response:
+        with client.stream(
+            "POST", url, json=body, timeout=timeout(stack, path), extensions=extensions
+        ) as response:
             for _ in response.iter_bytes():
                 pass
     except Exception as exc:
-        _settle(run, exc)
+        _settle(run, stack, exc)
     else:
         run.add(f"status_{response.status_code}")
 
@@ -151,11 +193,17 @@ async def coroutines(
     each: int,
     seed: int = 0,
     pace: float = 0.0,
+    spread: float = 0.0,
 ) -> None:
-    """``workers`` coroutines sending ``each`` requests drawn from ``mix``, ``pace`` seconds apart."""
+    """``workers`` coroutines sending ``each`` requests drawn from ``mix``, ``pace`` seconds apart.
+
+    With ``spread``, their first requests go out evenly over that many seconds instead of at once.
+    """
 
     async def worker(index: int) -> None:
         rng = random.Random(seed * 100_003 + index)
+        if spread:
+            await anyio.sleep(spread * index / workers)
         for n in range(each):
             await send_async(client, bases, draw(mix, rng), run, n)
             if pace:

@@ -3,7 +3,8 @@
 A client that disconnects (Starlette cancels the handler), ``asyncio.wait_for``,
 ``asyncio.timeout`` and an anyio cancel scope all cut a streamed read after
 its headers. Every cancelled attempt must still be recorded (calls, cost,
-latency), no half-open trial slot may stay taken, and nothing may leak.
+latency), no half-open trial slot may stay taken, and nothing may leak. On
+each HTTP stack (``stack``).
 """
 
 from __future__ import annotations
@@ -12,17 +13,18 @@ import asyncio
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from types import ModuleType
 
 import anyio
 import httpx
 import pytest
-from chaos._drive import HOST, LIMITS, Bases, Run, chaos_policy, draw
+from chaos._drive import HOST, Bases, Run, chaos_policy, draw, limits
 from chaos._invariants import Resources, Tally, check_scenario
 from chaos._upstream import Upstream
 
 from resilience import CircuitOpenError, ProviderRegistry, ResilientTransport
 
-pytestmark = [pytest.mark.chaos, pytest.mark.integration, pytest.mark.anyio]
+pytestmark = [pytest.mark.chaos, pytest.mark.integration, pytest.mark.anyio, pytest.mark.usefixtures("stack")]
 
 WORKERS = 200
 CUT_AFTER = 0.05
@@ -81,7 +83,7 @@ async def reader(client: httpx.AsyncClient, bases: Bases, path: str, run: Run, n
 
 
 async def test_streams_cancelled_mid_body_are_all_recorded(
-    upstream: Upstream, bases: Bases, tally: Tally
+    stack: ModuleType, upstream: Upstream, bases: Bases, tally: Tally
 ) -> None:
     """200 coroutines, a third cut mid-stream four ways: every attempt recorded, no slot or socket kept."""
     upstream.reset()
@@ -90,7 +92,7 @@ async def test_streams_cancelled_mid_body_are_all_recorded(
     run, rng = Run(), random.Random(12)
     mix = [("/ok/1", 1), ("/sse/2", 1), ("/stall", 1)]
     started = time.monotonic()
-    transport = ResilientTransport(registry, httpx.AsyncHTTPTransport(limits=LIMITS))
+    transport = ResilientTransport(registry, httpx.AsyncHTTPTransport(limits=limits(httpx)))
     async with httpx.AsyncClient(transport=transport, timeout=15.0) as client:
         with anyio.fail_after(60):
             async with anyio.create_task_group() as group:
@@ -98,7 +100,7 @@ async def test_streams_cancelled_mid_body_are_all_recorded(
                     group.start_soon(reader, client, bases, draw(mix, rng), run, n)
     seconds = time.monotonic() - started
     assert run.outcomes["cancelled"] == upstream.received["stall"] > 0  # each cut after its first event
-    name = "cancelled_mid_stream[async]"
+    name = f"cancelled_mid_stream[async,{stack.__name__}]"
     await check_scenario(name, registry, upstream, run, WORKERS, before, tally, seconds)
     provider = registry.get(HOST)
     assert provider.snapshot().requests_total["success"] == upstream.total  # the cancelled ones too

@@ -5,7 +5,8 @@ from 12 threads through a second real uvicorn. Besides the invariants of
 :mod:`chaos._invariants`, every inbound request gets a response (the
 gateway maps upstream errors to 502/504, the middleware an open circuit to
 503 with ``Retry-After``), and the per-request ``x-resilience-attempts`` and
-``x-resilience-cost-usd`` headers add up to the provider counters.
+``x-resilience-cost-usd`` headers add up to the provider counters. On each
+HTTP stack (``stack``): inbound and upstream clients are both of it.
 """
 
 from __future__ import annotations
@@ -16,13 +17,14 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Any
 
 import anyio
 import httpx
 import pytest
 import uvicorn
-from chaos._drive import LIMITS, LONG, SHORT, STREAMING_IDLE, Bases, Mix, Run, chaos_policy, draw, join
+from chaos._drive import STREAMING_IDLE, Bases, Mix, Run, chaos_policy, draw, join, limits, timeout
 from chaos._invariants import Resources, Tally, check_scenario, recorded
 from chaos._upstream import Upstream
 from integration._server import ThreadedServer
@@ -33,7 +35,7 @@ from starlette.routing import Route
 
 from resilience import ProviderRegistry, ResilienceMiddleware, ResilientTransport
 
-pytestmark = [pytest.mark.chaos, pytest.mark.integration, pytest.mark.anyio]
+pytestmark = [pytest.mark.chaos, pytest.mark.integration, pytest.mark.anyio, pytest.mark.usefixtures("stack")]
 
 MIX: Mix = [
     ("/ok/1", 4), ("/sse/2", 2), ("/status/500", 1), ("/status/503", 1), ("/throttle/0.02", 1),
@@ -47,7 +49,7 @@ def gateway(registry: ProviderRegistry, bases: Bases) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        transport = ResilientTransport(registry, httpx.AsyncHTTPTransport(limits=LIMITS))
+        transport = ResilientTransport(registry, httpx.AsyncHTTPTransport(limits=limits(httpx)))
         async with httpx.AsyncClient(transport=transport) as client:
             app.state.client = client
             yield
@@ -55,12 +57,11 @@ def gateway(registry: ProviderRegistry, bases: Bases) -> Starlette:
     async def relay(request: Request) -> Response:
         path = "/" + request.path_params["path"]
         url, extensions = bases.url(path)
-        timeout = SHORT if path.startswith(("/hang", "/stall")) else LONG
         client: httpx.AsyncClient = request.app.state.client
         try:
             upstream = await client.post(
                 url, content=await request.body(), headers={"content-type": "application/json"},
-                timeout=timeout, extensions=extensions,
+                timeout=timeout(httpx, path), extensions=extensions,
             )
         except httpx.TimeoutException:
             return JSONResponse({"error": "upstream timed out"}, status_code=504)
@@ -109,7 +110,8 @@ def body(n: int) -> dict[str, Any]:
 async def inbound_async(app: Starlette, inbound: Inbound, *, workers: int = 200, each: int = 1) -> int:
     """``workers`` coroutines calling the gateway in process (ASGITransport)."""
     transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://gateway", timeout=LONG) as client:
+    base = "http://gateway"
+    async with httpx.AsyncClient(transport=transport, base_url=base, timeout=timeout(httpx)) as client:
 
         async def worker(index: int) -> None:
             rng = random.Random(index)
@@ -126,7 +128,7 @@ def inbound_threads(
     base: str, inbound: Inbound, *, workers: int = 12, each: int = 12
 ) -> list[threading.Thread]:
     """Start ``workers`` threads calling the gateway over real HTTP, and one that closes their client."""
-    client = httpx.Client(base_url=base, timeout=LONG)
+    client = httpx.Client(base_url=base, timeout=timeout(httpx))
 
     def worker(index: int) -> None:
         rng = random.Random(1000 + index)
@@ -175,17 +177,21 @@ async def scenario(
     assert_headers_add_up(registry, inbound, tally)
 
 
-async def test_gateway_in_process_200_coroutines(upstream: Upstream, bases: Bases, tally: Tally) -> None:
+async def test_gateway_in_process_200_coroutines(
+    stack: ModuleType, upstream: Upstream, bases: Bases, tally: Tally
+) -> None:
     """200 coroutines via ASGITransport into the middleware-wrapped gateway: all answered, numbers exact."""
 
     async def drive(app: Starlette, inbound: Inbound) -> int:
         async with app.router.lifespan_context(app):
             return await inbound_async(app, inbound)
 
-    await scenario("gateway[asgi]", bases, upstream, tally, drive)
+    await scenario(f"gateway[asgi,{stack.__name__}]", bases, upstream, tally, drive)
 
 
-async def test_gateway_on_uvicorn_12_threads(upstream: Upstream, bases: Bases, tally: Tally) -> None:
+async def test_gateway_on_uvicorn_12_threads(
+    stack: ModuleType, upstream: Upstream, bases: Bases, tally: Tally
+) -> None:
     """12 threads over real HTTP into the gateway on its own uvicorn: all answered, numbers exact."""
 
     async def drive(app: Starlette, inbound: Inbound) -> int:
@@ -197,4 +203,4 @@ async def test_gateway_on_uvicorn_12_threads(upstream: Upstream, bases: Bases, t
             await join(inbound_threads(base, inbound))
         return 12 * 12
 
-    await scenario("gateway[uvicorn]", bases, upstream, tally, drive)
+    await scenario(f"gateway[uvicorn,{stack.__name__}]", bases, upstream, tally, drive)

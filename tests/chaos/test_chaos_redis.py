@@ -20,12 +20,13 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
+from types import ModuleType
 
 import anyio
 import httpx
 import pytest
 import redis.asyncio
-from chaos._drive import HOST, LIMITS, Bases, Run, send_async
+from chaos._drive import HOST, Bases, Run, limits, send_async
 from chaos._invariants import (
     Resources,
     Tally,
@@ -48,7 +49,10 @@ from resilience import (
 from resilience._core.provider import Provider
 from resilience.testing import FakeClock
 
-pytestmark = [pytest.mark.chaos, pytest.mark.integration, pytest.mark.redis, pytest.mark.anyio]
+pytestmark = [
+    pytest.mark.chaos, pytest.mark.integration, pytest.mark.redis, pytest.mark.anyio,
+    pytest.mark.usefixtures("stack"),
+]
 
 REFRESH = 0.05
 """Each replica's sync interval, seconds of real time."""
@@ -105,7 +109,7 @@ async def replicas(url: str, clock: FakeClock, prefix: str) -> AsyncIterator[tup
                 url, registry=registry, key_prefix=prefix, refresh_seconds=REFRESH, timeout_seconds=1.0,
                 replica_id=name, wall_clock=lambda: WALL_EPOCH + clock(),
             )
-            transport = ResilientTransport(registry, httpx.AsyncHTTPTransport(limits=LIMITS))
+            transport = ResilientTransport(registry, httpx.AsyncHTTPTransport(limits=limits(httpx)))
             client = await stack.enter_async_context(httpx.AsyncClient(transport=transport))
             pair.append(Replica(name, registry, await stack.enter_async_context(shared), client))
         yield pair[0], pair[1]
@@ -157,7 +161,7 @@ async def restart_redis(server: RedisServer, first: Replica, held: Replica) -> N
 )
 async def test_a_redis_restart_during_an_outage(
     redis_server: RedisServer, upstream: Upstream, bases: Bases, tally: Tally, a_first: bool,
-    request: pytest.FixtureRequest,
+    stack: ModuleType, request: pytest.FixtureRequest,
 ) -> None:
     """Redis dies, A trips alone, Redis comes back empty: B adopts the open, then both close again."""
     prefix, clock, run, sent = f"chaos:{request.node.name}:", FakeClock(1000.0), Run(), 0
@@ -192,8 +196,9 @@ async def test_a_redis_restart_during_an_outage(
         assert upstream.total == hits + 1 + 2 * BURST
         assert await shared_state_in_redis(redis_server.url, prefix) == "closed"
     seconds = time.monotonic() - started
-    await check(f"redis_restart_during_outage[{'a' if a_first else 'b'}_first]", (a, b), upstream, run,
-                sent, before, tally, seconds, adopted_after_syncs=adopted, closed_after_syncs=closed)
+    name = f"redis_restart_during_outage[{'a' if a_first else 'b'}_first,{stack.__name__}]"
+    await check(name, (a, b), upstream, run, sent, before, tally, seconds,
+                adopted_after_syncs=adopted, closed_after_syncs=closed)
 
 
 async def check(
@@ -219,7 +224,7 @@ async def check(
     assert sum(p.snapshot().cost_total for p in providers) == upstream.cost_sent
     tally.checked("cost_equals_cost_sent")
     transitions = sum(assert_transitions(p) for p in providers)
-    assert [p.breaker.transitions for p in providers] == [
+    assert [p.snapshot().transitions_total for p in providers] == [
         {("closed", "open"): 1, ("open", "half_open"): 1, ("half_open", "closed"): 1}
     ] * 2
     tally.checked("breaker_edges_allowed")

@@ -6,7 +6,8 @@ without a response: a crash, a deploy or a proxy timeout at the provider.
 The request went out on a pooled keep-alive connection and failed before any
 response byte, as a stale connection does; but it was written whole, so the
 provider may have billed it and it must not be resent behind the retry
-policy's back.
+policy's back. On each HTTP stack (``stack``): httpx2 pools through
+httpcore2, httpx through httpcore.
 """
 
 from __future__ import annotations
@@ -14,21 +15,25 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
+from types import ModuleType
 
 import anyio
 import httpx
 import pytest
-from chaos._drive import HOST, LIMITS, Bases, Run, chaos_policy, coroutines, join, threads
+from chaos._drive import HOST, Bases, Run, chaos_policy, coroutines, join, limits, threads
 from chaos._invariants import Resources, Tally, check_scenario
 from chaos._upstream import Upstream
 
 from resilience import Policy, ProviderRegistry, ResilientTransport, RetryPolicy
 
-pytestmark = [pytest.mark.chaos, pytest.mark.integration, pytest.mark.anyio]
+pytestmark = [pytest.mark.chaos, pytest.mark.integration, pytest.mark.anyio, pytest.mark.usefixtures("stack")]
 
 NO_RETRY = Policy(retry=RetryPolicy(attempts=1))
-DROPPED = (httpx.RemoteProtocolError, httpx.ReadError)
-"""How the dropped connection reaches the caller: EOF before a response (or a reset)."""
+
+
+def dropped() -> tuple[type[Exception], ...]:
+    """How a dropped connection reaches a caller (in the stack under test): EOF before a response, or RST."""
+    return (httpx.RemoteProtocolError, httpx.ReadError)
 
 ASYNC_WORKERS = 100
 THREAD_WORKERS = 12
@@ -48,7 +53,7 @@ def test_a_request_the_provider_read_then_dropped_is_not_resent_sync(
     body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
     with httpx.Client(transport=ResilientTransport(registry, httpx.HTTPTransport())) as client:
         assert client.post(bases.raw + "/drop/1", json=body).status_code == 200
-        with pytest.raises(DROPPED):
+        with pytest.raises(dropped()):
             client.post(bases.raw + "/drop/1", json=body)
     assert upstream.received == {"drop": 2}
     assert outcomes(registry) == {"success": 1, "failure": 1}
@@ -64,7 +69,7 @@ async def test_a_request_the_provider_read_then_dropped_is_not_resent_async(
     transport = ResilientTransport(registry, httpx.AsyncHTTPTransport())
     async with httpx.AsyncClient(transport=transport) as client:
         assert (await client.post(bases.raw + "/drop/1", json=body)).status_code == 200
-        with pytest.raises(DROPPED):
+        with pytest.raises(dropped()):
             await client.post(bases.raw + "/drop/1", json=body)
     assert upstream.received == {"drop": 2}
     assert outcomes(registry) == {"success": 1, "failure": 1}
@@ -74,13 +79,11 @@ async def test_a_request_the_provider_read_then_dropped_is_not_resent_async(
 async def drive(registry: ProviderRegistry, bases: Bases, run: Run, *, mode: str) -> int:
     """Send ``/drop/1`` from fresh async or sync clients, close them; returns how many were sent."""
     raw = dataclasses.replace(bases, http=bases.raw)  # every path of this scenario is the raw server's
-    async with contextlib.AsyncExitStack() as stack:
-        aclient = await stack.enter_async_context(
-            httpx.AsyncClient(transport=ResilientTransport(registry, httpx.AsyncHTTPTransport(limits=LIMITS)))
-        )
-        client = stack.enter_context(
-            httpx.Client(transport=ResilientTransport(registry, httpx.HTTPTransport(limits=LIMITS)))
-        )
+    async with contextlib.AsyncExitStack() as exits:
+        transport = ResilientTransport(registry, httpx.AsyncHTTPTransport(limits=limits(httpx)))
+        aclient = await exits.enter_async_context(httpx.AsyncClient(transport=transport))
+        transport = ResilientTransport(registry, httpx.HTTPTransport(limits=limits(httpx)))
+        client = exits.enter_context(httpx.Client(transport=transport))
         with anyio.fail_after(120):
             if mode == "threads":
                 await join(threads(client, raw, [("/drop/1", 1)], run, workers=THREAD_WORKERS, each=EACH))
@@ -95,7 +98,8 @@ async def drive(registry: ProviderRegistry, bases: Bases, run: Run, *, mode: str
     [pytest.param(NO_RETRY, 1, id="attempts=1"), pytest.param(chaos_policy(), 3, id="attempts=3")],
 )
 async def test_read_then_drop_scenario(
-    policy: Policy, attempts: int, mode: str, upstream: Upstream, bases: Bases, tally: Tally
+    policy: Policy, attempts: int, mode: str, stack: ModuleType, upstream: Upstream, bases: Bases,
+    tally: Tally,
 ) -> None:
     """Keep-alive requests the provider reads then drops: each drop a recorded failure, none resent."""
     before = Resources.now()
@@ -104,7 +108,7 @@ async def test_read_then_drop_scenario(
     started = time.monotonic()
     expected = await drive(registry, bases, run, mode=mode)
     seconds = time.monotonic() - started
-    name = f"read_then_drop[{mode},attempts={attempts}]"
+    name = f"read_then_drop[{mode},attempts={attempts},{stack.__name__}]"
     counts = await check_scenario(name, registry, upstream, run, expected, before, tally, seconds)
     snap = registry.get(HOST).snapshot()
     assert counts["stale_resends"] == 0

@@ -7,6 +7,9 @@ teardown::
     def test_something(uvicorn_server):
         url = uvicorn_server(app, timeout_keep_alive=1)
         httpx.get(url + "/path")
+
+``module_uvicorn_server`` is the same for servers that live for the whole
+test module (each stop costs a tenth of a second of uvicorn's shutdown).
 """
 
 from __future__ import annotations
@@ -20,9 +23,9 @@ import uvicorn
 from integration._server import ThreadedServer
 
 
-@pytest.fixture
-def uvicorn_server() -> Iterator[Callable[..., str]]:
-    """Start ASGI apps on 127.0.0.1 (extra keywords go to ``uvicorn.Config``); yield a starter."""
+@contextlib.contextmanager
+def _starter() -> Iterator[Callable[..., str]]:
+    """A function that starts ASGI apps on 127.0.0.1; each server is stopped on exit."""
     with contextlib.ExitStack() as stack:
 
         def start(app: Any, **config: Any) -> str:
@@ -39,4 +42,18 @@ def uvicorn_server() -> Iterator[Callable[..., str]]:
             url: str = stack.enter_context(server.run_in_thread())
             return url
 
+        yield start
+
+
+@pytest.fixture
+def uvicorn_server() -> Iterator[Callable[..., str]]:
+    """Start ASGI apps on 127.0.0.1 (extra keywords go to ``uvicorn.Config``); yield a starter."""
+    with _starter() as start:
+        yield start
+
+
+@pytest.fixture(scope="module")
+def module_uvicorn_server() -> Iterator[Callable[..., str]]:
+    """:func:`uvicorn_server` whose servers are stopped at the end of the test module."""
+    with _starter() as start:
         yield start

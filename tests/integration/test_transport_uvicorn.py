@@ -1,4 +1,8 @@
-"""ResilientTransport over real sockets: a uvicorn upstream on 127.0.0.1."""
+"""ResilientTransport over real sockets: a uvicorn upstream on 127.0.0.1, on each HTTP stack.
+
+The ``stack`` fixture runs every test once with httpx2 (pooled by httpcore2)
+and once with httpx (httpcore) as the module's ``httpx``.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +12,12 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from types import ModuleType
 from typing import Any
 
 import anyio
 import httpcore
+import httpcore2
 import httpx
 import pytest
 
@@ -24,7 +30,7 @@ from resilience import (
 )
 from resilience.testing import FakeClock
 
-pytestmark = [pytest.mark.integration, pytest.mark.anyio]
+pytestmark = [pytest.mark.integration, pytest.mark.anyio, pytest.mark.usefixtures("stack")]
 
 USAGE = {"prompt_tokens": 5, "completion_tokens": 7, "cost": 0.002}
 
@@ -163,17 +169,19 @@ async def test_slow_first_byte_async(url: str) -> None:
     transport, registry, _ = transport_for(Policy(first_byte_timeout=0.3))
     started = time.monotonic()
     async with httpx.AsyncClient(transport=transport) as client:
-        with pytest.raises(StreamTimeoutError):
+        with pytest.raises(StreamTimeoutError) as caught:
             await client.get(url + "/first-byte")
     assert time.monotonic() - started < 4.0
+    assert isinstance(caught.value, httpx.TimeoutException)  # the stack's own, as SDKs catch it
     assert totals(registry) == {"failure": 1}
 
 
 def test_slow_first_byte_sync(url: str) -> None:
     """Sync: the late first chunk (0.6 s, limit 0.2 s) is a breach once it arrives."""
     transport, registry, _ = transport_for(Policy(first_byte_timeout=0.2))
-    with httpx.Client(transport=transport) as client, pytest.raises(StreamTimeoutError):
+    with httpx.Client(transport=transport) as client, pytest.raises(StreamTimeoutError) as caught:
         client.get(url + "/first-byte?0.6")
+    assert isinstance(caught.value, httpx.TimeoutException)
     assert totals(registry) == {"failure": 1}
 
 
@@ -206,10 +214,15 @@ def hung_up(response: httpx.Response) -> bool:
     return bool(select.select([sock], [], [], HANG_UP_SECONDS)[0])
 
 
+CORES: dict[str, ModuleType] = {"httpx2": httpcore2, "httpx": httpcore}
+"""The connection pool under each stack."""
+
+
 def reuse_dead_connections(monkeypatch: pytest.MonkeyPatch) -> None:
     """Lose the race the pool's idle check normally wins: hand out a connection the server closed."""
-    monkeypatch.setattr(httpcore.HTTPConnection, "has_expired", lambda self: False)
-    monkeypatch.setattr(httpcore.AsyncHTTPConnection, "has_expired", lambda self: False)
+    core = CORES[httpx.__name__]  # the stack under test's pool
+    monkeypatch.setattr(core.HTTPConnection, "has_expired", lambda self: False)
+    monkeypatch.setattr(core.AsyncHTTPConnection, "has_expired", lambda self: False)
 
 
 def stale_outcome(registry: ProviderRegistry) -> tuple[dict[str, int], dict[str, int]]:
@@ -258,8 +271,9 @@ def test_request_cut_short_on_a_dead_pooled_connection_is_resent_once(
     assert stale_outcome(registry) == ({"success": 2}, {"stale_connection": 1})
 
 
-DROPPED = (httpx.RemoteProtocolError, httpx.ReadError)
-"""A dead connection failing the read of the response: EOF, or the reset our request drew."""
+def dropped() -> tuple[type[Exception], ...]:
+    """A dead connection failing the read of the response: EOF, or the reset our request drew."""
+    return (httpx.RemoteProtocolError, httpx.ReadError)
 
 
 def test_request_written_whole_on_a_dead_pooled_connection_is_a_failure_sync(
@@ -272,7 +286,7 @@ def test_request_written_whole_on_a_dead_pooled_connection_is_a_failure_sync(
     with httpx.Client(transport=transport) as client:
         assert hung_up(client.get(url + "/ok"))
         reuse_dead_connections(monkeypatch)
-        with pytest.raises(DROPPED):
+        with pytest.raises(dropped()):
             client.get(url + "/ok")
     assert stale_outcome(registry) == ({"success": 1, "failure": 1}, {})
 
@@ -294,7 +308,7 @@ async def test_request_not_seen_cut_short_on_a_dead_pooled_connection_is_a_failu
     async with httpx.AsyncClient(transport=transport) as client:
         assert await anyio.to_thread.run_sync(hung_up, await client.get(url + "/ok"))
         reuse_dead_connections(monkeypatch)
-        with pytest.raises(DROPPED):
+        with pytest.raises(dropped()):
             await client.request("GET" if content is None else "POST", url + "/ok", content=content)
     assert stale_outcome(registry) == ({"success": 1, "failure": 1}, {})
 
@@ -331,8 +345,7 @@ def test_a_fresh_connection_dropped_is_a_failure(dropping_server: str) -> None:
     """Disconnected without a response on a NEW connection: the provider's fault, recorded."""
     transport, registry, _ = transport_for(Policy(retry=RetryPolicy(attempts=1)))
     # a close with the request unread may reach the client as a reset instead of an EOF
-    dropped = (httpx.RemoteProtocolError, httpx.ReadError)
-    with httpx.Client(transport=transport) as client, pytest.raises(dropped):
+    with httpx.Client(transport=transport) as client, pytest.raises(dropped()):
         client.post(dropping_server + "/", json={"model": "m"})
     snap = registry.get("127.0.0.1").snapshot()
     assert snap.requests_total["failure"] == 1
