@@ -17,6 +17,7 @@ attempts and retries in :mod:`resilience._http.call` and
 from __future__ import annotations
 
 import threading
+from collections.abc import Coroutine
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, overload
 
@@ -129,14 +130,18 @@ class ResilientTransport(_Base):
     # -- async -----------------------------------------------------------------
 
     @overload
-    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response: ...
+    def handle_async_request(self, request: httpx2.Request) -> Coroutine[Any, Any, httpx2.Response]: ...
     @overload
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response: ...
-    async def handle_async_request(self, request: Any) -> Any:
-        """:meth:`handle_request` for async clients."""
+    def handle_async_request(self, request: httpx.Request) -> Coroutine[Any, Any, httpx.Response]: ...
+    def handle_async_request(self, request: Any) -> Coroutine[Any, Any, Any]:
+        """:meth:`handle_request` for async clients: the call's coroutine, to await.
+
+        A plain method returning the coroutine of the call (not a coroutine
+        wrapping it): one frame less on every async request.
+        """
         stack = BY_REQUEST.get(request.__class__) or stack_of(request)
         send, traced = self._async_senders.get(stack) or self._sender(stack, False)
-        return await Call(self, stack, request, traced).run_async(send, self._async_sleep)
+        return Call(self, stack, request, traced).run_async(send, self._async_sleep)
 
     async def aclose(self) -> None:
         """Close the async inner transports (the defaults made, or the one given)."""
