@@ -98,8 +98,9 @@ class Attempt:
             now = provider.clock()
             outcome = "failure" if failed or self.error is not None else self.outcome
             cost = NO_COST
-            if costed and self.response is not None:
-                cost = self._cost(usage, problem)
+            if costed and self.response is not None and (usage is not None or problem is not None
+                                                         or provider.policy.cost is not None):
+                cost = self._cost(usage, problem)  # there is a cost to find
             duration = now - self.start
             headers_at = self.headers_at  # set for streamed bodies only
             to_headers = None if headers_at is None else headers_at - self.start
@@ -128,7 +129,7 @@ class Attempt:
         if problem == MALFORMED:
             provider.count_error("cost_parse")
         response = self.response
-        if response is None or (usage is None and problem is None and provider.policy.cost is None):
+        if response is None:
             return NO_COST
         if usage is not None and provider.policy.cost is None:
             found = usage_result(usage, problem is not None)  # the default extractor, in one step

@@ -82,14 +82,6 @@ class Call:
         """The provider's retry policy."""
         return self.provider.policy.retry
 
-    def admit_first(self) -> Attempt:
-        """The first attempt, admitted (raises :class:`CircuitOpenError` when the breaker rejects it)."""
-        provider = self.provider
-        permit = provider._breaker.closed_permit
-        if permit < 0:
-            permit = admit(provider, self.model, self.stats)
-        return Attempt(self, permit, provider.clock(), 1)
-
     def failed(self, attempt: Attempt, exc: Exception) -> Attempt:
         """An attempt that raised: a failure recorded at once (unless the request never left)."""
         stack = self.stack
@@ -148,7 +140,11 @@ class Call:
 
     def run_sync(self, send: SyncSend, sleep: Sleep) -> httpx2.Response:
         """Run the call to its response (or raise its last error)."""
-        attempt = self.admit_first()
+        provider = self.provider
+        permit = provider._breaker.closed_permit  # admit_first, inlined
+        if permit < 0:
+            permit = admit(provider, self.model, self.stats)
+        attempt = Attempt(self, permit, provider.clock(), 1)
         try:  # send_sync, inlined
             if self.traced:
                 response = send_watching_sync(send, self.request, self.stack, self.may_resend)
@@ -164,7 +160,11 @@ class Call:
 
     async def run_async(self, send: AsyncSend, sleep: AsyncSleep) -> httpx2.Response:
         """:meth:`run_sync` for async transports."""
-        attempt = self.admit_first()
+        provider = self.provider
+        permit = provider._breaker.closed_permit  # admit_first, inlined
+        if permit < 0:
+            permit = admit(provider, self.model, self.stats)
+        attempt = Attempt(self, permit, provider.clock(), 1)
         try:  # send_async, inlined
             if self.traced:
                 response = await send_watching_async(send, self.request, self.stack, self.may_resend)
