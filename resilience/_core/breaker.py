@@ -55,6 +55,8 @@ class BreakerState(StrEnum):
     DISABLED = "disabled"
     """Manual: admits everything and never trips, still records."""
 
+    __hash__ = str.__hash__  # Enum's is Python-level; a state keys dicts (snapshots, gauges) often
+
 
 CLOSED: Final = BreakerState.CLOSED
 OPEN: Final = BreakerState.OPEN
