@@ -364,3 +364,34 @@ async def test_fastapi_serves_the_metrics_through_make_asgi_app(clock: FakeClock
     assert families["gatewayz_cost_by_provider"].samples[0].value == 0.01
     assert families["gatewayz_circuit_breaker_state"].type == "gauge"
     assert families["gatewayz_provider_request_duration_seconds"].type == "histogram"
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        pytest.param("application/json",
+                     b'{"usage": {"prompt_tokens": 3, "completion_tokens": 5, "cost": 0.5}}',
+                     id="openai-json"),
+        pytest.param("text/event-stream",
+                     b'event: message_start\ndata: {"type": "message_start", "message": {"usage": '
+                     b'{"input_tokens": 3, "output_tokens": 1}}}\n\n'
+                     b'event: message_delta\n'
+                     b'data: {"type": "message_delta", "usage": {"output_tokens": 5}}\n\n',
+                     id="anthropic-sse"),
+    ],
+)
+def test_tokens_counter_adds_prompt_and_completion_tokens(content_type: str, body: bytes) -> None:
+    """gatewayz_provider_tokens_total{provider, kind} counts usage tokens (OpenAI and Anthropic names)."""
+    registry = resilience.ProviderRegistry()
+    registry.register("p", hosts=["p.test"])
+    prom = CollectorRegistry()
+    registry.register_metrics(prom)
+    upstream = httpx.MockTransport(lambda request: httpx.Response(
+        200, headers={"content-type": content_type}, stream=httpx.ByteStream(body)))
+    with httpx.Client(transport=resilience.ResilientTransport(registry, transport=upstream)) as client:
+        for _ in range(2):
+            with client.stream("POST", "https://p.test/v1", json={"model": "m"}) as response:
+                response.read()
+    assert _value(prom, "gatewayz_provider_tokens_total", provider="p", kind="prompt") == 6
+    assert _value(prom, "gatewayz_provider_tokens_total", provider="p", kind="completion") == 10
+    assert registry.get("p").snapshot().tokens_total == (6, 10)

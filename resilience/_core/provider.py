@@ -101,6 +101,7 @@ class Provider:
         """Statuses below this are plain successes: nothing to classify, no ``Retry-After`` to read."""
         self._requests_total = [0] * len(OUTCOMES)
         self._cost_total = 0.0
+        self._tokens_total = [0, 0]  # prompt, completion; since start
         self._retries_total: dict[str, int] = {}
         self._duration_counts = [0] * len(_LE)  # lifetime, per Prometheus bucket (not cumulative)
         self._model_snaps: dict[str, ModelSnapshot] = {}
@@ -321,6 +322,10 @@ class Provider:
                 self._duration_sum += duration
             if cost is not None:
                 self._cost_total += cost
+            if input_tokens or output_tokens:
+                tokens = self._tokens_total
+                tokens[0] += input_tokens
+                tokens[1] += output_tokens
             if time_to_headers is not None:
                 self._headers_window.record(now, index, time_to_headers)
             if index == REJECTED:
@@ -379,6 +384,9 @@ class Provider:
             stats.record_successes(when, n, latency, extras)
             if extras is not None:
                 self._cost_total += extras.cost
+                tokens = self._tokens_total
+                tokens[0] += extras.input_tokens
+                tokens[1] += extras.output_tokens
                 if extras.headers:
                     headers = Counter(map(bucket_of, extras.headers))
                     self._headers_window.record_successes(when, len(extras.headers), headers)
@@ -417,6 +425,7 @@ class Provider:
             retry_after = self._breaker.retry_after_locked(now)
             requests: dict[str, int] = dict(zip(OUTCOMES, self._requests_total, strict=True))
             cost_total, duration_sum = self._cost_total, self._duration_sum
+            tokens_total = (self._tokens_total[0], self._tokens_total[1])
             retries, transitions = dict(self._retries_total), dict(self._breaker.transitions)
             buckets = tuple(zip(_LE, accumulate(self._duration_counts), strict=True))
             history = tuple(self._breaker.history)
@@ -445,6 +454,7 @@ class Provider:
             duration_sum=duration_sum,
             history=history,
             time_to_headers=headers,
+            tokens_total=tokens_total,
         )
 
 

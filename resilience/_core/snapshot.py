@@ -26,7 +26,7 @@ class ProviderSnapshot(NamedTuple):
     ``window`` covers the stats window (latency to the end of the body);
     ``time_to_headers`` the same window's streamed responses, timed to their
     headers. ``history`` lists ``(clock time, state)`` of recent transitions;
-    ``requests_total``, ``cost_total``,
+    ``requests_total``, ``cost_total``, ``tokens_total``,
     ``retries_total`` and ``transitions_total`` count since start (monotonic).
     """
 
@@ -48,6 +48,8 @@ class ProviderSnapshot(NamedTuple):
     duration_sum: float
     history: tuple[tuple[float, str], ...]
     time_to_headers: WindowSnapshot
+    tokens_total: tuple[int, int] = (0, 0)
+    """Prompt and completion tokens the provider's usage reported since start."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,8 +29,8 @@ _LE: dict[float, str] = {le: _le_text(le) for le in (*DURATION_BUCKETS, float("i
 _QUANTILES = (("0.5", "p50"), ("0.95", "p95"), ("0.99", "p99"))
 
 # Family indexes, in exposition order.
-(AVAILABILITY, ERROR_RATE, HEALTH, STATE, COST, REQUESTS, DURATION, RETRIES, TRANSITIONS,
- OVERFLOWS, ERRORS, MODEL_CALLS, MODEL_ERROR_RATE, MODEL_COST, MODEL_LATENCY, MODEL_DROPPED) = range(16)
+(AVAILABILITY, ERROR_RATE, HEALTH, STATE, COST, REQUESTS, TOKENS, DURATION, RETRIES, TRANSITIONS,
+ OVERFLOWS, ERRORS, MODEL_CALLS, MODEL_ERROR_RATE, MODEL_COST, MODEL_LATENCY, MODEL_DROPPED) = range(17)
 
 # (name; "=" marks the two names the namespace leaves alone, type, help) by family index
 SPECS: tuple[tuple[str, str, str], ...] = (
@@ -44,6 +44,8 @@ SPECS: tuple[tuple[str, str, str], ...] = (
     ("cost_by_provider", "counter", "USD spent on the provider since start."),
     ("provider_requests", "counter",
      "Attempts by outcome since start (rejected: not attempted, breaker open)."),
+    ("provider_tokens", "counter",
+     "Tokens the provider's usage reported since start, by kind (prompt, completion)."),
     ("provider_request_duration_seconds", "histogram",
      "Duration of attempts that reached the provider, seconds."),
     ("provider_retries", "counter", "Retries by reason since start."),
@@ -59,6 +61,8 @@ SPECS: tuple[tuple[str, str, str], ...] = (
      "(provider, model) pairs left out of this scrape by max_model_series."),
 )
 PROVIDER_FAMILIES = MODEL_CALLS
+TOKEN_KINDS = ("prompt", "completion")
+"""The ``kind`` labels of the tokens counter, in the order of ``ProviderSnapshot.tokens_total``."""
 
 Append = Callable[[Sample], None]
 # a Sample built in C: tuple.__new__(Sample, (name, labels, value, None, ...)), no Python frame
@@ -123,6 +127,8 @@ def fixed_series(names: tuple[str, ...], provider: str, les: tuple[float, ...]) 
     series.add(COST, names[COST] + "_total", one)
     for outcome in OUTCOMES:
         series.add(REQUESTS, names[REQUESTS] + "_total", {"provider": provider, "outcome": outcome})
+    for kind in TOKEN_KINDS:
+        series.add(TOKENS, names[TOKENS] + "_total", {"provider": provider, "kind": kind})
     duration = names[DURATION]
     for le in les:
         series.add(DURATION, duration + "_bucket", {"provider": provider, "le": _LE.get(le) or _le_text(le)})
@@ -140,6 +146,7 @@ def fixed_values(snap: ProviderSnapshot) -> list[float]:
         *[1.0 if s == state else 0.0 for s in STATES],
         snap.cost_total,
         *[requests.get(o, 0) for o in OUTCOMES],
+        *snap.tokens_total,
         *buckets, buckets[-1], snap.duration_sum,
     ]
 
