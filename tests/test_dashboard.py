@@ -25,6 +25,7 @@ pytestmark = pytest.mark.anyio
 PROVIDER_KEYS = {
     "name", "status", "availability", "error_rate", "health_score", "breaker_state",
     "calls", "failures", "latency_ms", "cost_usd",
+    "ratelimit",  # SPEC part two: null, or the quota the latest response announced
 }
 MODEL_KEYS = {"provider", "model", "calls", "successes", "failures", "error_rate", "latency_ms", "cost_usd"}
 SUMMARY_KEYS = {"total", "healthy", "degraded", "unhealthy", "open_breakers"}

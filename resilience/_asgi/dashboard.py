@@ -171,11 +171,20 @@ def _provider(snap: ProviderSnapshot, registry: ProviderRegistry) -> dict[str, A
         "failures": window.failures + window.throttled,
         "latency_ms": latency_ms(window),
         "cost_usd": _num(window.cost_usd, 6),
+        "ratelimit": _ratelimit(snap.ratelimit),
     }
     probe = registry._probes.get(snap.name)
     if probe is not None:
         entry["probe"] = probe_payload(probe.snapshot())
     return entry
+
+
+def _ratelimit(limits: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``Provider.ratelimit`` as the dashboard shows it (seconds rounded to milliseconds)."""
+    if limits is None:
+        return None
+    reset = limits["reset_seconds"]
+    return {**limits, "reset_seconds": None if reset is None else round(reset, 3)}
 
 
 def probe_payload(probe: ProbeSnapshot) -> dict[str, Any]:

@@ -24,12 +24,14 @@ from typing import Any, TypeVar
 
 from resilience._core import context as _context
 from resilience._core import health as _health
+from resilience._core import quota
 from resilience._core.breaker import CLOSED, DISABLED, HALF_OPEN, OPEN, Breaker
 from resilience._core.clock import Clock
 from resilience._core.config import OUTCOMES, ResolvedPolicy
 from resilience._core.errors import CircuitOpenError
 from resilience._core.histogram import DURATION_BUCKETS, PROMETHEUS_BUCKET, bucket_of
 from resilience._core.pending import Extras
+from resilience._core.quota import Limits
 from resilience._core.snapshot import ModelSnapshot, ProviderSnapshot
 from resilience._core.window import REJECTED, SUCCESS, TimeWindow, outcome_index
 
@@ -102,6 +104,7 @@ class Provider:
         self._requests_total = [0] * len(OUTCOMES)
         self._cost_total = 0.0
         self._tokens_total = [0, 0]  # prompt, completion; since start
+        self._limits: tuple[Limits, float] | None = None  # the latest announced, and when (clock)
         self._retries_total: dict[str, int] = {}
         self._duration_counts = [0] * len(_LE)  # lifetime, per Prometheus bucket (not cumulative)
         self._model_snaps: dict[str, ModelSnapshot] = {}
@@ -181,6 +184,24 @@ class Provider:
         """Instrumentation errors counted so far, by kind (a copy; :meth:`count_error` counts one)."""
         with self._lock:
             return dict(self._errors)
+
+    def note_limits(self, limits: Limits, now: float) -> None:
+        """Keep the rate limits a response announced at ``now`` (the latest win; one atomic store)."""
+        self._limits = (limits, now)
+
+    @property
+    def ratelimit(self) -> dict[str, Any] | None:
+        """The quota the latest response announced, or ``None`` when none did.
+
+        ``{"requests_remaining", "requests_limit", "tokens_remaining",
+        "tokens_limit", "reset_seconds", "exhausted"}`` (numbers may be
+        ``None``); ``reset_seconds`` is the time left on the registry's clock.
+        """
+        latest = self._limits
+        if latest is None:
+            return None
+        limits, at = latest
+        return quota.view(limits, self.clock() - at)
 
     def count_error(self, kind: str) -> None:
         """Count an instrumentation error (a bad cost body, a metrics error ...)."""
@@ -455,6 +476,7 @@ class Provider:
             history=history,
             time_to_headers=headers,
             tokens_total=tokens_total,
+            ratelimit=None if self._limits is None else quota.view(self._limits[0], now - self._limits[1]),
         )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from resilience._core.health import Status
 from resilience._core.window import WindowSnapshot
@@ -50,6 +50,8 @@ class ProviderSnapshot(NamedTuple):
     time_to_headers: WindowSnapshot
     tokens_total: tuple[int, int] = (0, 0)
     """Prompt and completion tokens the provider's usage reported since start."""
+    ratelimit: dict[str, Any] | None = None
+    """``Provider.ratelimit`` when the snapshot was taken."""
 
 
 @dataclass(frozen=True, slots=True)

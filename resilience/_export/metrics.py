@@ -47,6 +47,7 @@ from resilience._export.series import (
     MODEL_DROPPED,
     OVERFLOWS,
     PROVIDER_FAMILIES,
+    RATELIMIT,
     RETRIES,
     SPECS,
     TRANSITIONS,
@@ -209,9 +210,15 @@ class ResilienceCollector(Collector):
         values = fixed_values(snap)
         if len(cached[1].names) != len(values):
             raise ValueError(f"{len(values)} values for {len(cached[1].names)} series")
-        if not (snap.retries_total or snap.transitions_total or self.model_metrics):
+        if not (snap.retries_total or snap.transitions_total or snap.ratelimit or self.model_metrics):
             return cached[1], values
         series, names, name = cached[1].copy(), self._names, snap.name
+        limits = snap.ratelimit or {}
+        for kind in ("requests", "tokens"):
+            remaining = limits.get(f"{kind}_remaining")
+            if remaining is not None:
+                series.add(RATELIMIT, names[RATELIMIT], {"provider": name, "kind": kind})
+                values.append(remaining)
         for reason, count in sorted(snap.retries_total.items()):
             series.add(RETRIES, names[RETRIES] + "_total", {"provider": name, "reason": reason})
             values.append(count)

@@ -29,8 +29,8 @@ _LE: dict[float, str] = {le: _le_text(le) for le in (*DURATION_BUCKETS, float("i
 _QUANTILES = (("0.5", "p50"), ("0.95", "p95"), ("0.99", "p99"))
 
 # Family indexes, in exposition order.
-(AVAILABILITY, ERROR_RATE, HEALTH, STATE, COST, REQUESTS, TOKENS, DURATION, RETRIES, TRANSITIONS,
- OVERFLOWS, ERRORS, MODEL_CALLS, MODEL_ERROR_RATE, MODEL_COST, MODEL_LATENCY, MODEL_DROPPED) = range(17)
+(AVAILABILITY, ERROR_RATE, HEALTH, STATE, COST, REQUESTS, TOKENS, RATELIMIT, DURATION, RETRIES, TRANSITIONS,
+ OVERFLOWS, ERRORS, MODEL_CALLS, MODEL_ERROR_RATE, MODEL_COST, MODEL_LATENCY, MODEL_DROPPED) = range(18)
 
 # (name; "=" marks the two names the namespace leaves alone, type, help) by family index
 SPECS: tuple[tuple[str, str, str], ...] = (
@@ -46,6 +46,8 @@ SPECS: tuple[tuple[str, str, str], ...] = (
      "Attempts by outcome since start (rejected: not attempted, breaker open)."),
     ("provider_tokens", "counter",
      "Tokens the provider's usage reported since start, by kind (prompt, completion)."),
+    ("provider_ratelimit_remaining", "gauge",
+     "Requests or tokens left in the provider's quota, as its latest response's rate-limit headers said."),
     ("provider_request_duration_seconds", "histogram",
      "Duration of attempts that reached the provider, seconds."),
     ("provider_retries", "counter", "Retries by reason since start."),

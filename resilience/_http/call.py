@@ -19,14 +19,17 @@ from typing import TYPE_CHECKING
 
 import httpx2
 
+from resilience._core import clock as _clock
 from resilience._core import context as _context
 from resilience._core.clock import AsyncSleep, Sleep
 from resilience._core.config import RetryPolicy
 from resilience._core.context import RequestStats
+from resilience._core.quota import Limits
 from resilience._core.retry import RetryBudget, parse_retry_after
 from resilience._core.window import TimeWindow
+from resilience._http import ratelimit
 from resilience._http.attempt import Attempt, admit
-from resilience._http.inspect import BodyInspector, in_memory_body
+from resilience._http.inspect import BodyInspector, header_triples, in_memory_body
 from resilience._http.loop import retry_async, retry_sync
 from resilience._http.resolve import model_from_body
 from resilience._http.stacks import Stack
@@ -96,23 +99,40 @@ class Call:
 
     def responded(self, attempt: Attempt, response: httpx2.Response) -> Attempt:
         """An attempt that got response headers: classify it, see whether it asks for a retry."""
-        attempt.headers_at = self.provider.clock()
+        provider = self.provider
+        attempt.headers_at = now = provider.clock()
         attempt.response = response
         status = response.status_code
-        provider = self.provider
+        limits = self.limits_of(response, now)
         if status < provider._plain_below:
             return attempt  # a plain success: nothing to classify, no Retry-After to read
         policy = provider.policy
         attempt.outcome = outcome = policy.outcome_for_status(status)
         retryable = status in policy.retry.retry_statuses
         if retryable or outcome == "throttled" or status == 503:
-            hint = parse_retry_after(response.headers.get("retry-after"))
+            hint = limits.retry_after if limits is not None and limits.retry_after is not None else None
+            if hint is None:  # retry-after-ms wins over Retry-After
+                hint = parse_retry_after(response.headers.get("retry-after"))
             attempt.wait_hint = hint
             if outcome == "throttled" or status == 503:
                 attempt.retry_after = hint
             if retryable:
                 attempt.reason = f"status_{status}"
         return attempt
+
+    def limits_of(self, response: httpx2.Response, now: float) -> Limits | None:
+        """The rate limits ``response`` announces, kept on the provider; malformed values counted."""
+        provider = self.provider
+        try:
+            limits, bad = ratelimit.read(header_triples(response.headers), _clock.wall_time)
+        except Exception:  # instrumentation never breaks a call
+            provider.count_error("ratelimit_header")
+            return None
+        for _ in range(bad):
+            provider.count_error("ratelimit_header")
+        if limits is not None:
+            provider.note_limits(limits, now)
+        return limits
 
     # -- sending, with the stale-connection resend -----------------------------
 

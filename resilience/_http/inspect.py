@@ -208,14 +208,22 @@ def json_usage(body: bytes) -> tuple[Mapping[str, Any] | None, str | None]:
     return (usage, None) if isinstance(usage, dict) else (None, None)
 
 
+def header_triples(headers: AnyHeaders) -> list[tuple[bytes, bytes, bytes]]:
+    """``(raw key, lower-cased key, value)`` of every header, as httpx2 and httpx keep them.
+
+    The one read of the private ``Headers._list`` (7x faster than two
+    ``.get()``); a layout without it is rebuilt from the public ``.raw``.
+    """
+    items: list[tuple[bytes, bytes, bytes]] | None = getattr(headers, "_list", None)
+    if items is None:
+        items = [(key, key.lower(), value) for key, value in headers.raw]
+    return items
+
+
 def body_kind(headers: AnyHeaders) -> tuple[str | None, bytes | None]:
     """``("json" | "sse" | None, content-encoding or None)`` of a response, in one pass."""
     content_type = encoding = None
-    # httpx keeps (raw, lowercased, value) triples: reading them is 7x faster than two .get()
-    items = getattr(headers, "_list", None)
-    if items is None:  # pragma: no cover - another httpx layout
-        items = [(key, key.lower(), value) for key, value in headers.raw]
-    for _, key, value in items:
+    for _, key, value in header_triples(headers):
         if key == b"content-type":
             content_type = value
         elif key == b"content-encoding":
