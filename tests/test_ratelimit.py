@@ -156,3 +156,59 @@ def test_retry_after_ms_wins_over_retry_after() -> None:
     client, _, clock, _ = wired({"retry-after": "7", "retry-after-ms": "1500"}, status=429)
     client.post("https://p.test/v1", json={"model": "m"})
     assert clock.sleeps[0] == pytest.approx(1.5)
+
+
+def held_client(hold: bool) -> tuple[httpx.Client, resilience.ProviderRegistry, FakeClock, list[int]]:
+    """An upstream with a quota of 2 requests per 10 s window, announced in its headers; 429 past it."""
+    clock = FakeClock(100.0)
+    registry = resilience.ProviderRegistry(clock=clock)
+    registry.register("p", hosts=["p.test"], policy=resilience.Policy(
+        hold_when_exhausted=hold, retry=resilience.RetryPolicy(attempts=1)))
+    served: list[int] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        window = int(clock() // 10)
+        used = sum(1 for w in served if w == window)
+        served.append(window)
+        left = max(0, 2 - used - 1)
+        reset = f"{10 - clock() % 10:.3f}s"
+        headers = {"x-ratelimit-limit-requests": "2", "x-ratelimit-remaining-requests": str(left),
+                   "x-ratelimit-reset-requests": reset}
+        return httpx.Response(429 if used >= 2 else 200, headers=headers, json={})
+
+    upstream = httpx.MockTransport(answer)
+    transport = resilience.ResilientTransport(registry, transport=upstream, sleep=clock.sleep)
+    return httpx.Client(transport=transport), registry, clock, served
+
+
+def test_hold_when_exhausted_rejects_at_once_until_the_reset() -> None:
+    """Once 0 requests remain, calls raise CircuitOpenError (retry_after = time to reset), counted rejected,
+    without reaching the provider; after the reset they go through again."""
+    client, registry, clock, served = held_client(hold=True)
+    assert client.post("https://p.test/v1", json={}).status_code == 200
+    assert client.post("https://p.test/v1", json={}).status_code == 200  # said: 0 remaining, reset ahead
+    clock.advance(1.0)
+    with pytest.raises(resilience.CircuitOpenError) as held:
+        client.post("https://p.test/v1", json={})
+    assert held.value.provider == "p" and held.value.retry_after == pytest.approx(9.0)
+    assert held.value.state == "exhausted"
+    assert len(served) == 2
+    snapshot = registry.get("p").snapshot()
+    assert snapshot.requests_total["rejected"] == 1 and snapshot.state == "closed"
+    clock.advance(9.0)
+    assert client.post("https://p.test/v1", json={}).status_code == 200
+    assert len(served) == 3
+
+
+def test_without_hold_every_over_quota_call_reaches_the_provider() -> None:
+    """The baseline: no hold, so each call past the quota gets its 429 from the provider."""
+    client, _, _, served = held_client(hold=False)
+    statuses = [client.post("https://p.test/v1", json={}).status_code for _ in range(5)]
+    assert statuses == [200, 200, 429, 429, 429]
+    assert len(served) == 5
+
+
+def test_hold_when_exhausted_must_be_a_bool() -> None:
+    """Validated at construction, naming the field."""
+    with pytest.raises(resilience.ConfigError, match="hold_when_exhausted"):
+        resilience.Policy(hold_when_exhausted="yes")  # type: ignore[arg-type]

@@ -263,6 +263,11 @@ class Policy:
         first_byte_timeout: seconds a streamed response may take to its first
             body chunk.
         idle_timeout: seconds a streamed response may stay silent between chunks.
+        hold_when_exhausted: while the provider's latest response said 0
+            requests (or tokens) remaining and its reset is still ahead, reject
+            its calls at once with :class:`resilience.CircuitOpenError`
+            (``retry_after``: the time to the reset) without touching the
+            network (default ``False``).
     """
 
     breaker: BreakerPolicy | None = None
@@ -278,6 +283,7 @@ class Policy:
     stats_window_seconds: Duration | None = None
     first_byte_timeout: Duration | None = None
     idle_timeout: Duration | None = None
+    hold_when_exhausted: bool | None = None
 
     def __post_init__(self) -> None:
         if self.breaker is not None and not isinstance(self.breaker, BreakerPolicy):
@@ -292,8 +298,10 @@ class Policy:
             value = getattr(self, name)
             if value is not None:
                 _set(self, name, _statuses(name, value))
-        if self.throttled_is_failure is not None and not isinstance(self.throttled_is_failure, bool):
-            raise ConfigError(f"throttled_is_failure must be a bool, got {self.throttled_is_failure!r}")
+        for name in ("throttled_is_failure", "hold_when_exhausted"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, bool):
+                raise ConfigError(f"{name} must be a bool, got {value!r}")
         if self.exception_outcome is not None and not callable(self.exception_outcome):
             raise ConfigError(f"exception_outcome must be callable, got {self.exception_outcome!r}")
         for name in ("latency_slo_seconds", "first_byte_timeout", "idle_timeout"):
@@ -342,6 +350,7 @@ class ResolvedPolicy:
     stats_window_seconds: float
     first_byte_timeout: float | None
     idle_timeout: float | None
+    hold_when_exhausted: bool
     source: Policy = field(repr=False, compare=False)
 
     def outcome_for_status(self, status: int) -> Outcome:
@@ -386,5 +395,6 @@ def resolve_policy(own: Policy | None, default: Policy | None) -> ResolvedPolicy
         ),
         first_byte_timeout=merged.first_byte_timeout,  # type: ignore[arg-type]
         idle_timeout=merged.idle_timeout,  # type: ignore[arg-type]
+        hold_when_exhausted=bool(merged.hold_when_exhausted),
         source=merged,
     )

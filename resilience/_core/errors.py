@@ -39,7 +39,8 @@ class CircuitOpenError(ResilienceError, pybreaker.CircuitBreakerError):
     Attributes:
         provider: the provider's name.
         retry_after: seconds until the breaker will admit a trial call.
-        state: the breaker state that rejected the call.
+        state: the breaker state that rejected the call, or ``"exhausted"``
+            when ``Policy(hold_when_exhausted=True)`` held it for the quota.
     """
 
     def __init__(self, provider: str, retry_after: float, state: str = "open") -> None:

@@ -105,6 +105,8 @@ class Provider:
         self._cost_total = 0.0
         self._tokens_total = [0, 0]  # prompt, completion; since start
         self._limits: tuple[Limits, float] | None = None  # the latest announced, and when (clock)
+        self._held_until = -math.inf
+        """With ``hold_when_exhausted``: calls are rejected until then (clock), the quota's reset."""
         self._retries_total: dict[str, int] = {}
         self._duration_counts = [0] * len(_LE)  # lifetime, per Prometheus bucket (not cumulative)
         self._model_snaps: dict[str, ModelSnapshot] = {}
@@ -186,8 +188,25 @@ class Provider:
             return dict(self._errors)
 
     def note_limits(self, limits: Limits, now: float) -> None:
-        """Keep the rate limits a response announced at ``now`` (the latest win; one atomic store)."""
+        """Keep the rate limits a response announced at ``now`` (the latest win; one atomic store).
+
+        With ``hold_when_exhausted``, an exhausted quota holds the provider's
+        calls until its reset (see :meth:`hold`).
+        """
         self._limits = (limits, now)
+        if self.policy.hold_when_exhausted:
+            announced = quota.view(limits, 0.0)
+            reset = announced["reset_seconds"]
+            self._held_until = now + reset if announced["exhausted"] and reset else -math.inf
+
+    def hold(self, now: float, model: TimeWindow | None) -> CircuitOpenError:
+        """A call held back by an exhausted quota: counted as ``rejected``; the error to raise."""
+        with self._lock:
+            self._stats.record(now, REJECTED)
+            if model is not None:
+                model.record(now, REJECTED)
+            self._requests_total[REJECTED] += 1
+        return CircuitOpenError(self.name, self._held_until - now, "exhausted")
 
     @property
     def ratelimit(self) -> dict[str, Any] | None:

@@ -24,6 +24,7 @@ from resilience._core import context as _context
 from resilience._core.clock import AsyncSleep, Sleep
 from resilience._core.config import RetryPolicy
 from resilience._core.context import RequestStats
+from resilience._core.errors import CircuitOpenError
 from resilience._core.quota import Limits
 from resilience._core.retry import RetryBudget, parse_retry_after
 from resilience._core.window import TimeWindow
@@ -84,6 +85,13 @@ class Call:
     def retry(self) -> RetryPolicy:
         """The provider's retry policy."""
         return self.provider.policy.retry
+
+    def held(self, now: float) -> CircuitOpenError:
+        """The call, held back by the provider's exhausted quota (``hold_when_exhausted``)."""
+        stats = self.stats
+        if stats is not None:
+            stats.add_rejection(self.provider.name)
+        return self.provider.hold(now, self.model)
 
     def failed(self, attempt: Attempt, exc: Exception) -> Attempt:
         """An attempt that raised: a failure recorded at once (unless the request never left)."""
@@ -161,10 +169,13 @@ class Call:
     def run_sync(self, send: SyncSend, sleep: Sleep) -> httpx2.Response:
         """Run the call to its response (or raise its last error)."""
         provider = self.provider
-        permit = provider._breaker.closed_permit  # admit_first, inlined
+        now = provider.clock()
+        if now < provider._held_until:  # an exhausted quota: held, no network
+            raise self.held(now)
+        permit = provider._breaker.closed_permit  # admission, inlined
         if permit < 0:
             permit = admit(provider, self.model, self.stats)
-        attempt = Attempt(self, permit, provider.clock(), 1)
+        attempt = Attempt(self, permit, now, 1)
         try:  # send_sync, inlined
             if self.traced:
                 response = send_watching_sync(send, self.request, self.stack, self.may_resend)
@@ -181,10 +192,13 @@ class Call:
     async def run_async(self, send: AsyncSend, sleep: AsyncSleep) -> httpx2.Response:
         """:meth:`run_sync` for async transports."""
         provider = self.provider
-        permit = provider._breaker.closed_permit  # admit_first, inlined
+        now = provider.clock()
+        if now < provider._held_until:  # an exhausted quota: held, no network
+            raise self.held(now)
+        permit = provider._breaker.closed_permit  # admission, inlined
         if permit < 0:
             permit = admit(provider, self.model, self.stats)
-        attempt = Attempt(self, permit, provider.clock(), 1)
+        attempt = Attempt(self, permit, now, 1)
         try:  # send_async, inlined
             if self.traced:
                 response = await send_watching_async(send, self.request, self.stack, self.may_resend)

@@ -79,9 +79,9 @@ async def retry_async(call: Call, first: Attempt, send: AsyncSend, sleep: AsyncS
 def next_attempt_sync(call: Call, send: SyncSend, previous: Attempt) -> Attempt:
     """Admit, send and classify a retry; a rejection hands ``previous`` back as final."""
     try:
-        permit = admit(call.provider, call.model, call.stats)
+        permit = admit_retry(call)
     except CircuitOpenError:
-        previous.reason = None  # the breaker ended the loop: the last result goes back
+        previous.reason = None  # the breaker (or the quota) ended the loop: the last result goes back
         return previous
     attempt = Attempt(call, permit, call.provider.clock(), previous.number + 1)
     try:
@@ -99,7 +99,7 @@ def next_attempt_sync(call: Call, send: SyncSend, previous: Attempt) -> Attempt:
 async def next_attempt_async(call: Call, send: AsyncSend, previous: Attempt) -> Attempt:
     """:func:`next_attempt_sync` for async transports."""
     try:
-        permit = admit(call.provider, call.model, call.stats)
+        permit = admit_retry(call)
     except CircuitOpenError:
         previous.reason = None
         return previous
@@ -114,6 +114,19 @@ async def next_attempt_async(call: Call, send: AsyncSend, previous: Attempt) -> 
         attempt.release()
         raise
     return call.responded(attempt, response)
+
+
+def admit_retry(call: Call) -> int:
+    """A permit for a retry: held while the quota is exhausted, then the breaker's.
+
+    Raises:
+        CircuitOpenError: held, or the breaker did not admit it.
+    """
+    provider = call.provider
+    now = provider.clock()
+    if now < provider._held_until:
+        raise call.held(now)
+    return admit(provider, call.model, call.stats)
 
 
 def wants_retry(call: Call, attempt: Attempt) -> bool:
