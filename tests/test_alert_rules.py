@@ -18,7 +18,7 @@ RULES = ROOT / "resilience" / "contrib" / "prometheus-rules.yml"
 RULES_TEST = ROOT / "tests" / "promtool" / "rules_test.yml"
 ALERTS = {
     "ProviderHealthScoreLow", "ProviderCircuitOpen", "ProviderErrorRateHigh",
-    "ProviderCostBurnRateHigh", "RedisErrors", "ResilienceInstrumentationErrors",
+    "ProviderCostBurnRateHigh", "RedisErrors", "ResilienceInstrumentationErrors", "ProviderNearQuota",
 }
 
 
