@@ -17,6 +17,7 @@ from system_tools import require_binary
 
 import resilience
 import resilience.redis as rredis
+from resilience._core.quota import Limits
 from resilience.testing import FakeClock
 
 DASHBOARD = Path(__file__).resolve().parent.parent / "resilience" / "contrib" / "grafana-dashboard.json"
@@ -168,6 +169,8 @@ def _exported_sample_names() -> set[str]:
     provider.record(provider.admit(), "success", 0.2, cost=0.01)
     provider.count_retry("status_503")
     provider.count_error("invalid_cost")
+    provider.record(provider.admit(), "success", 0.2, input_tokens=3, output_tokens=5)
+    provider.note_limits(Limits(requests_remaining=9, tokens_remaining=900), 1000.0)
     provider.force_open()
     prom = CollectorRegistry()
     registry.register_metrics(prom)
