@@ -234,16 +234,23 @@ def test_outage_follows_its_schedule() -> None:
     assert statuses == [200, 503, 200, 200]
 
 
-def test_throttled_answers_429_with_retry_after() -> None:
-    """The throttled provider pushes back on a share of requests with a Retry-After header."""
-    upstreams = demo_upstreams(flaky_error_rate=0.3, flaky_latency=0.1)
-    throttled = next(u for u in upstreams if u.name == "throttled")
-    answers = [throttled.answer(b'{"model": "demo-small"}') for _ in range(200)]
-    limited = [headers for status, _, headers in answers if status == 429]
-    assert 20 < len(limited) < 100
-    assert all((b"retry-after", b"2") in headers for headers in limited)
+def test_throttled_announces_its_quota_and_pushes_back() -> None:
+    """The throttled provider: its quota (40 per 10 s) in x-ratelimit headers on every answer, 429 past it
+    until the window resets, and a share of 429s with Retry-After within it."""
+    clock = FakeClock(100.0)
+    throttled = next(u for u in demo_upstreams(flaky_error_rate=0.3, flaky_latency=0.1, clock=clock)
+                     if u.name == "throttled")
+    answers = [throttled.answer(b'{"model": "demo-small"}') for _ in range(60)]
+    assert all(dict(headers)[b"x-ratelimit-limit-requests"] == b"40" for _, _, headers in answers)
+    remaining = [int(dict(headers)[b"x-ratelimit-remaining-requests"]) for _, _, headers in answers]
+    assert remaining[:3] == [39, 38, 37] and remaining[39:] == [0] * 21
+    assert all(status == 429 for status, _, _ in answers[40:])  # over the quota
+    pushed_back = [headers for status, _, headers in answers[:40] if status == 429]
+    assert 0 < len(pushed_back) < 15 and all((b"retry-after", b"2") in h for h in pushed_back)
     ok = next(payload for status, payload, _ in answers if status == 200)
     assert ok["usage"]["cost"] > 0  # type: ignore[index]
+    clock.advance(10.0)  # the next window
+    assert dict(throttled.answer(b"{}")[2])[b"x-ratelimit-remaining-requests"] == b"39"
 
 
 def upstream_transport(upstreams: dict[str, Upstream]) -> httpx2.MockTransport:

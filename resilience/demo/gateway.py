@@ -53,10 +53,13 @@ again in every cycle.
 """
 PROVIDER_POLICIES = {
     "outage": resilience.Policy(breaker=dataclasses.replace(DEMO_BREAKER, success_threshold=12)),
+    "throttled": resilience.Policy(hold_when_exhausted=True),
 }
 """Per-provider parts over :data:`DEMO_POLICY`. ``outage`` closes after 12 trial successes in a
 row: at the demo's 10 requests/s to it, half-open lasts over a second, long enough for the
-once-a-second progress line to show it (one trial that fails still reopens it at once)."""
+once-a-second progress line to show it (one trial that fails still reopens it at once).
+``throttled`` holds its calls while the quota its headers announce is exhausted: one 429 per
+quota window reaches it, the rest are rejected at once (the progress line's ``rejected``)."""
 
 
 @dataclass

@@ -37,6 +37,10 @@ class Behaviour:
         retry_after: the ``Retry-After`` of a 429, whole seconds.
         up_seconds: with ``down_seconds``, the length of each up phase.
         down_seconds: length of each down phase (503), 0 for never down.
+        quota: requests allowed per ``quota_seconds`` window, announced in
+            ``x-ratelimit-*`` headers on every answer; past it, 429 until the
+            window resets (0: no quota).
+        quota_seconds: the length of a quota window.
     """
 
     latency: float = 0.02
@@ -45,6 +49,8 @@ class Behaviour:
     retry_after: int = 2
     up_seconds: float = 5.0
     down_seconds: float = 0.0
+    quota: int = 0
+    quota_seconds: float = 10.0
 
 
 class Upstream:
@@ -66,6 +72,7 @@ class Upstream:
         self.started = clock()
         self.random = random.Random(seed)
         self.served = 0
+        self.window = (-1, 0)  # (quota window index, requests in it)
 
     def is_down(self) -> bool:
         """Whether the outage schedule has this provider down right now."""
@@ -88,11 +95,35 @@ class Upstream:
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": data})
 
+    def quota_headers(self) -> tuple[bool, list[tuple[bytes, bytes]]]:
+        """Count this request in its quota window: whether it is over, and the rate-limit headers."""
+        b = self.behaviour
+        elapsed = self.clock() - self.started
+        index = int(elapsed // b.quota_seconds)
+        used = (self.window[1] if self.window[0] == index else 0) + 1
+        self.window = (index, used)
+        reset = b.quota_seconds - elapsed % b.quota_seconds
+        headers = [(b"x-ratelimit-limit-requests", str(b.quota).encode()),
+                   (b"x-ratelimit-remaining-requests", str(max(0, b.quota - used)).encode()),
+                   (b"x-ratelimit-reset-requests", f"{reset:.3f}s".encode())]
+        return used > b.quota, headers
+
     def answer(self, body: bytes) -> tuple[int, dict[str, object], list[tuple[bytes, bytes]]]:
         """Status, JSON payload and extra headers for one request body."""
         b = self.behaviour
         if self.is_down():
             return 503, _error("service unavailable (scheduled outage)"), []
+        if b.quota:
+            over, headers = self.quota_headers()
+            if over:
+                return 429, _error("rate limit exceeded (quota)"), headers
+            status, payload, extra = self.answer_within_quota(body)
+            return status, payload, extra + headers
+        return self.answer_within_quota(body)
+
+    def answer_within_quota(self, body: bytes) -> tuple[int, dict[str, object], list[tuple[bytes, bytes]]]:
+        """:meth:`answer` once the outage and the quota let the request through."""
+        b = self.behaviour
         roll = self.random.random()
         if roll < b.throttle_rate:
             return 429, _error("rate limit exceeded"), [(b"retry-after", str(b.retry_after).encode())]
@@ -128,6 +159,11 @@ trip came: trip, half-open and close in every cycle.
 """
 
 
+THROTTLED = Behaviour(latency=0.03, throttle_rate=0.1, retry_after=2, quota=40, quota_seconds=10.0)
+"""The ``throttled`` provider: a quota of 40 requests per 10 s announced in its headers (the demo
+sends it about 10 a second, so it runs out a few seconds into each window), and some 429s besides."""
+
+
 def demo_upstreams(
     *, flaky_error_rate: float, flaky_latency: float, seed: int = 0,
     clock: Callable[[], float] = _clock.monotonic,
@@ -138,8 +174,7 @@ def demo_upstreams(
         Upstream("flaky", Behaviour(latency=flaky_latency, error_rate=flaky_error_rate), clock=clock,
                  seed=seed + 1),
         Upstream("outage", OUTAGE, clock=clock, seed=seed + 2),
-        Upstream("throttled", Behaviour(latency=0.03, throttle_rate=0.3, retry_after=2), clock=clock,
-                 seed=seed + 3),
+        Upstream("throttled", THROTTLED, clock=clock, seed=seed + 3),
     ]
 
 
