@@ -28,6 +28,7 @@ from resilience._core.quota import Limits
 _NUMBER = r"(\d+(?:\.\d+)?)"
 _DURATION = re.compile(rf"(?:{_NUMBER}h)?(?:{_NUMBER}m(?!s))?(?:{_NUMBER}s)?(?:{_NUMBER}ms)?")
 _PREFIXES = (b"x-ratelimit-", b"anthropic-ratelimit-", b"retry-after-ms")
+_FIRST = frozenset(prefix[0] for prefix in _PREFIXES)
 _MAX_SECONDS = 366 * 86_400.0
 """Longest reset taken (a year); a longer one is malformed."""
 
@@ -79,11 +80,13 @@ def read(raw: list[tuple[bytes, bytes, bytes]], wall: Callable[[], float]) -> tu
     ``None`` when the response says nothing of its limits (most responses:
     one pass, no allocation). ``wall`` is read only for an RFC 3339 reset.
     """
-    found: dict[bytes, bytes] = {}
+    found: dict[bytes, bytes] | None = None
     for _, key, value in raw:
-        if key.startswith(_PREFIXES):
+        if key and key[0] in _FIRST and key.startswith(_PREFIXES):  # most headers fail the first test
+            if found is None:
+                found = {}
             found[key] = value
-    if not found:
+    if found is None:
         return None, 0
     bad = 0
     values: dict[str, float | int | None] = {}
