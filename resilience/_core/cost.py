@@ -187,14 +187,7 @@ def usage_result(usage: Mapping[str, Any], unknown: bool = False) -> CostResult 
     """:func:`attempt_cost` with the default extractor, in one step: ``None`` when ``usage.cost``
     is there but not a number (the slow path counts it)."""
     cost = usage.get("cost")
-    prompt = usage.get("prompt_tokens")
-    if prompt is None:
-        prompt = usage.get("input_tokens")
-    completion = usage.get("completion_tokens")
-    if completion is None:
-        completion = usage.get("output_tokens")
-    tokens_in = prompt if prompt.__class__ is int and prompt >= 0 else 0
-    tokens_out = completion if completion.__class__ is int and completion >= 0 else 0
+    tokens_in, tokens_out = usage_tokens(usage)
     if cost is None:
         if unknown or tokens_in or tokens_out:
             return CostResult(None, unknown, tokens_in, tokens_out)
