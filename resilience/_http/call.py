@@ -118,7 +118,7 @@ class Call:
         attempt.outcome = outcome = policy.outcome_for_status(status)
         retryable = status in policy.retry.retry_statuses
         if retryable or outcome == "throttled" or status == 503:
-            hint = limits.retry_after if limits is not None and limits.retry_after is not None else None
+            hint = None if limits is None else limits.retry_after
             if hint is None:  # retry-after-ms wins over Retry-After
                 hint = parse_retry_after(response.headers.get("retry-after"))
             attempt.wait_hint = hint

@@ -76,12 +76,7 @@ def model_from_body(request: AnyRequest, stack: Stack | None = None) -> str | No
     stream = request.stream
     if stream.__class__ is not stack.byte_stream and not isinstance(stream, stack.byte_stream):
         return None  # streaming upload: never read it
-    try:
-        body = stream._stream  # type: ignore[union-attr]  # in_memory_body, inlined: this runs on every request
-    except AttributeError:  # pragma: no cover - a future httpx that renames it
-        body = in_memory_body(stream)  # type: ignore[arg-type]  # a ByteStream
-    if body.__class__ is not bytes:
-        body = in_memory_body(stream)  # type: ignore[arg-type]
+    body = in_memory_body(stream)  # type: ignore[arg-type]  # a ByteStream
     if not body or len(body) > MAX_BODY:
         return None
     if body[:_COMPACT_LEN] == _COMPACT:  # ``{"model":"...`` as httpx's json= writes it: read directly

@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING
 
 import httpx2
 
+from resilience._http.inspect import in_memory_body
 from resilience._http.stacks import ASYNC_STREAM_BASES, STACKS, SYNC_STREAM_BASES, Stack
 
 if TYPE_CHECKING:
@@ -87,7 +88,7 @@ def send_watching_sync(
     stream = request.stream
     if stream.__class__ is not stack.byte_stream:
         return send(request)  # a streaming upload: never sent twice
-    watched = request.stream = WatchedBody(stream._stream)  # type: ignore[union-attr]  # a ByteStream
+    watched = request.stream = WatchedBody(in_memory_body(stream))  # type: ignore[arg-type]  # a ByteStream
     try:
         try:
             return send(request)
@@ -110,7 +111,7 @@ async def send_watching_async(
     stream = request.stream
     if stream.__class__ is not stack.byte_stream:
         return await send(request)
-    watched = request.stream = WatchedBody(stream._stream)  # type: ignore[union-attr]  # a ByteStream
+    watched = request.stream = WatchedBody(in_memory_body(stream))  # type: ignore[arg-type]  # a ByteStream
     try:
         try:
             return await send(request)
