@@ -27,7 +27,14 @@ from resilience import HeaderCost, Policy, PriceTable, ProviderRegistry
 from resilience._asgi.middleware import _retry_after
 from resilience._core.cost import CostParseError, attempt_cost, usage_cost
 from resilience._core.retry import parse_retry_after
-from resilience._http.inspect import JSON_CAP, LINE_CAP, BodyInspector, json_usage, whole_body_usage
+from resilience._http.inspect import (
+    JSON_CAP,
+    LINE_CAP,
+    BodyInspector,
+    json_error,
+    json_usage,
+    whole_body_usage,
+)
 from resilience._http.resolve import MAX_BODY, model_from_body
 
 FUZZ = settings(max_examples=300, deadline=None)
@@ -216,6 +223,91 @@ def test_sse_usage_is_the_same_however_the_stream_is_cut(
         usage = event.get("usage") or event.get("message", {}).get("usage")
         expected.update(usage or {})
     assert pieces.result(True) == whole.result(True) == ((expected or None), None)
+
+
+signal_events = st.lists(
+    st.one_of(
+        st.just(b": ping"),
+        st.just(b": OPENROUTER PROCESSING"),
+        st.just(b'event: ping\ndata: {"type": "ping"}'),
+        st.builds(lambda v: b"data: " + json.dumps({"choices": [{"delta": {"content": v}}]}).encode(),
+                  st.text(max_size=10)),
+        st.sampled_from([b"overloaded_error", b"rate_limit_error", b"api_error"]).map(
+            lambda kind: b'event: error\ndata: {"type": "error", "error": {"type": "' + kind + b'"}}'
+        ),
+        st.builds(lambda code: b'data: {"error": {"message": "x", "code": ' + str(code).encode() + b"}}",
+                  st.sampled_from([429, 500, 502])),
+    ),
+    max_size=8,
+)
+
+
+def expected_signals(stream: list[bytes]) -> tuple[bool, str | None]:
+    """(a content event was seen, the first in-band error) of an SSE stream of ``signal_events``."""
+    content, error = False, None
+    for event in stream:
+        if event.startswith(b"event: error"):
+            error = error or ("throttled" if b"rate_limit" in event else "failure")
+        elif event.startswith(b'data: {"error"'):
+            error = error or ("throttled" if b"429" in event else "failure")
+        elif event.startswith(b'data: {"choices"'):
+            content = True
+    return content, error
+
+
+@FUZZ
+@given(stream=signal_events, cuts=st.lists(st.integers(0, 3000), max_size=8), crlf=st.booleans())
+def test_sse_signals_are_the_same_however_the_stream_is_cut(
+    stream: list[bytes], cuts: list[int], crlf: bool
+) -> None:
+    """Content, keepalives and error events are told apart whatever the chunking, CRLF or LF."""
+    newline = b"\r\n" if crlf else b"\n"
+    data = b"".join(event.replace(b"\n", newline) + newline * 2 for event in stream)
+    pieces = BodyInspector(sse=True)
+    saw_content = False
+    for chunk in split(data, cuts):
+        saw_content = pieces.feed(chunk) or saw_content
+    assert (saw_content, pieces.in_band) == expected_signals(stream)
+
+
+@FUZZ
+@given(
+    lines=st.lists(
+        st.one_of(
+            st.binary(max_size=80),
+            st.sampled_from([
+                b"event: error", b"event: ping", b"data: {", b'data: {"error": 1}', b"data: [DONE]",
+                b'data: {"error": {"code": "429"}}', b'data: {"error": {"type": null}}', b":", b"",
+            ]),
+        ),
+        max_size=12,
+    ),
+    cuts=st.lists(st.integers(0, 1000), max_size=6),
+)
+def test_sse_error_events_never_raise(lines: list[bytes], cuts: list[int]) -> None:
+    """Hostile SSE lines: no exception; an in-band verdict is one of the two outcomes, or none."""
+    inspector = BodyInspector(sse=True)
+    for chunk in split(b"\n".join(lines), cuts):
+        assert inspector.feed(chunk) in (True, False)
+        assert len(inspector._partial) <= LINE_CAP
+    inspector.result(True)
+    assert inspector.in_band in (None, "failure", "throttled")
+
+
+@FUZZ
+@given(body=st.one_of(
+    st.binary(max_size=300),
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+        lambda children: st.lists(children, max_size=3) | st.dictionaries(
+            st.sampled_from(["error", "type", "code", "status", "message"]), children, max_size=4
+        ),
+        max_leaves=12,
+    ).map(lambda value: json.dumps(value).encode()),
+))
+def test_json_error_bodies_never_raise(body: bytes) -> None:
+    """Any body, any JSON shape around ``error``: a verdict of none, failure or throttled."""
+    assert json_error(body) in (None, "failure", "throttled")
 
 
 # -- the request model -------------------------------------------------------------

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import anyio
 import httpx
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
+from trio.testing import MockClock
 
 import resilience
 from resilience._asgi.dashboard import health_payload
@@ -212,3 +214,71 @@ def test_hold_when_exhausted_must_be_a_bool() -> None:
     """Validated at construction, naming the field."""
     with pytest.raises(resilience.ConfigError, match="hold_when_exhausted"):
         resilience.Policy(hold_when_exhausted="yes")  # type: ignore[arg-type]
+
+
+QUOTA, WINDOW, LATENCY = 20, 2.0, 0.02
+
+
+async def fifty_callers(hold: bool) -> dict[int, list[int]]:
+    """50 concurrent callers for 10 s against a quota of 20 requests per 2 s window (virtual time).
+
+    The provider counts a request when it arrives (one way ``LATENCY`` after
+    it is sent), answers 429 past the quota, and announces what is left and
+    the time to its reset in OpenAI's headers. Callers wait what a
+    ``CircuitOpenError`` says. Returns, per window, the statuses it answered.
+    """
+    start = anyio.current_time()
+
+    def clock() -> float:
+        return anyio.current_time() - start
+
+    registry = resilience.ProviderRegistry(clock=clock)
+    registry.register("p", hosts=["p.test"], policy=resilience.Policy(
+        hold_when_exhausted=hold, retry=resilience.RetryPolicy(attempts=1),
+        throttled_is_failure=False))  # the quota alone, not the breaker, keeps the callers off
+    answered: dict[int, list[int]] = {}
+
+    async def answer(request: httpx.Request) -> httpx.Response:
+        await anyio.sleep(LATENCY)
+        now = clock()
+        window = int(now // WINDOW)
+        used = len(answered.setdefault(window, []))
+        status = 429 if used >= QUOTA else 200
+        answered[window].append(status)
+        headers = {"x-ratelimit-limit-requests": str(QUOTA),
+                   "x-ratelimit-remaining-requests": str(max(0, QUOTA - used - 1)),
+                   "x-ratelimit-reset-requests": f"{(window + 1) * WINDOW - now:.4f}s"}
+        await anyio.sleep(LATENCY)
+        return httpx.Response(status, headers=headers, json={})
+
+    transport = resilience.ResilientTransport(registry, transport=httpx.MockTransport(answer))
+    async with httpx.AsyncClient(transport=transport) as client:
+
+        async def caller() -> None:
+            while clock() < 10.0:
+                try:
+                    response = await client.post("https://p.test/v1", json={})
+                except resilience.CircuitOpenError as held:
+                    await anyio.sleep(held.retry_after)
+                    continue
+                await anyio.sleep(0.1 if response.status_code == 429 else 0.0)
+
+        async with anyio.create_task_group() as group:
+            for _ in range(50):
+                group.start_soon(caller)
+    return answered
+
+
+@pytest.mark.parametrize(
+    "anyio_backend", [pytest.param(("trio", {"clock": MockClock(autojump_threshold=0)}), id="virtual-time")]
+)
+async def test_fifty_callers_get_at_most_one_429_per_window_once_the_quota_is_known() -> None:
+    """With hold_when_exhausted the callers stay within the quota: after the first window (sent before any
+    answer could announce it), the provider answers at most one 429 per reset window; without, each
+    over-quota call reaches it and gets its 429."""
+    held = await fifty_callers(hold=True)
+    baseline = await fifty_callers(hold=False)
+    later = {w: s.count(429) for w, s in held.items() if w > 0}
+    assert len(later) >= 4 and max(later.values()) <= 1, later
+    assert all(s.count(200) == QUOTA for w, s in held.items() if 0 < w < 4)  # the quota, used in full
+    assert min(s.count(429) for w, s in baseline.items() if 0 < w < 4) > 20

@@ -179,10 +179,11 @@ def test_sync_streaming_timeouts(policy: Policy, delays: list[float], message: s
 def test_sync_timeouts_within_limits_pass() -> None:
     """Chunks that arrive in time are not affected by the timeouts."""
     clock_box: list[FakeClock] = []
-    body = Upstream([b"a", b"b", b"c"], before=lambda i: clock_box[0].advance(0.9))
+    events = [b"data: a\n\n", b"data: b\n\n", b"data: c\n\n"]
+    body = Upstream(events, before=lambda i: clock_box[0].advance(0.9))
     transport, registry, clock = setup(body, policy=Policy(first_byte_timeout=1.0, idle_timeout=1.0))
     clock_box.append(clock)
-    assert httpx.Client(transport=transport).get(URL).content == b"abc"
+    assert httpx.Client(transport=transport).get(URL).content == b"".join(events)
     assert totals(registry) == {"success": 1}
 
 
@@ -329,13 +330,16 @@ async def test_stream_task_cancelled_mid_body_is_recorded_and_frees_the_trial() 
 
 
 def test_long_healthy_streams_are_not_slow() -> None:
-    """Twelve concurrent 90-second streams with fast headers are not slow (judged at headers): no trip."""
+    """Twelve concurrent 90-second streams with a fast first token are not slow (judged by it): no trip."""
     transport, registry, clock = setup(Upstream([b"data: 1\n\n", b"data: 2\n\n"]))
     with httpx.Client(transport=transport) as client, contextlib.ExitStack() as streams:
         responses = [streams.enter_context(client.stream("GET", URL)) for _ in range(12)]
+        bodies = [response.iter_raw() for response in responses]
+        for body in bodies:
+            assert next(body) == b"data: 1\n\n"  # the first token, at once
         clock.advance(90.0)  # what the callers asked for: long answers
-        for response in responses:
-            response.read()
+        for body in bodies:
+            assert list(body) == [b"data: 2\n\n"]
     provider = registry.get("example")
     assert provider.snapshot().requests_total["success"] == 12
     assert provider.snapshot().window.slow == 0

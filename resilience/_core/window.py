@@ -87,7 +87,7 @@ class TimeWindow:
 
     __slots__ = (
         "_buckets", "_cache", "_cache_version", "_cur", "_hi", "_hist", "_lo",
-        "_n", "_totals", "_version", "_width", "latency", "pending", "rich", "window_seconds",
+        "_n", "_totals", "_version", "_width", "latency", "pending", "rich", "ttft", "window_seconds",
     )
 
     def __init__(self, window_seconds: float, *, buckets: int = 60, latency: bool = True) -> None:
@@ -108,6 +108,8 @@ class TimeWindow:
         self._cache: WindowSnapshot = EMPTY
         self.pending: list[float] = []
         """Durations of fast successes waiting to be folded (lock-free appends)."""
+        self.ttft: TimeWindow | None = None
+        """A model's time to first token (streamed SSE attempts), made by its owner on first use."""
         self.rich: list[Rich] = []
         """Fast successes with a time to headers, a cost or tokens, waiting likewise."""
         """Durations of fast successes appended lock-free by the owner, who folds them in

@@ -11,6 +11,18 @@
 * ``gzip`` and ``deflate`` bodies are decoded on the fly, bounded too; other
   encodings cannot be read (the cost is unknown).
 
+The same bounded look finds what providers say besides usage:
+
+* **in-band errors**: a JSON body whose top level is an error (``"error"``
+  an object or a non-empty string, or Anthropic's ``{"type": "error"}``),
+  an SSE ``data:`` event whose JSON has a top-level ``"error"`` object, or an
+  ``event: error`` event. :attr:`BodyInspector.in_band` is then ``failure``
+  or ``throttled`` (:func:`error_outcome`);
+* **content vs keepalives** (SSE): comment lines (``: ping``) and
+  ``event: ping`` events are keepalives; any other ``data:`` event is
+  content. :meth:`BodyInspector.feed` says whether a chunk completed a
+  content event, for the stream timers and the time to first token.
+
 Other content types are not inspected at all.
 """
 
@@ -58,11 +70,15 @@ class BodyInspector:
     """Fed every chunk of one response body; :meth:`result` gives the usage found."""
 
     __slots__ = (
-        "_chunks", "_decoder", "_malformed", "_partial", "_problem", "_size", "_skip_line", "_sse", "_usage",
+        "_chunks", "_decoder", "_event", "_malformed", "_partial", "_problem", "_size", "_skip_line", "_sse",
+        "_usage", "in_band", "sse",
     )
 
     def __init__(self, *, sse: bool, encoding: bytes | None = None) -> None:
-        self._sse = sse
+        self._sse = self.sse = sse
+        self.in_band: str | None = None
+        """``failure`` or ``throttled`` once the body said so in-band (the first error wins)."""
+        self._event: bytes | None = None  # the SSE event's name, while it is ping or error
         self._chunks: list[bytes] = []
         self._size = 0
         self._partial = b""
@@ -83,24 +99,39 @@ class BodyInspector:
             inspector._problem = INCOMPLETE
         return inspector
 
-    def feed(self, chunk: bytes) -> None:
-        """Look at one chunk of the (encoded) body; never raises."""
-        if self._problem is not None or not chunk:
-            return
+    def feed(self, chunk: bytes) -> bool:
+        """Look at one chunk of the (encoded) body; never raises.
+
+        Returns whether the chunk completed a content event (SSE) or holds
+        any bytes (other bodies): what the stream timers and the time to
+        first token count. Keepalives and error events are not content.
+        """
+        if not chunk:
+            return False
+        if self._problem is not None:
+            return not self._sse or chunk.find(b"data:") >= 0  # not inspected any more: bytes are content
         if self._decoder is not None:
             chunk = self._decode(chunk)
         if self._sse:
-            if not self._partial and chunk[-1:] == b"\n" and chunk.find(b"usage") < 0:
+            if (
+                not self._partial
+                and self._event is None
+                and chunk[-1:] == b"\n"
+                and chunk.find(b"usage") < 0
+                and chunk.find(b"error") < 0
+                and chunk.find(b"ping") < 0
+            ):
                 self._skip_line = False
-                return  # whole lines, none about usage: nothing to keep (most SSE chunks)
-            self._feed_sse(chunk)
-            return
+                # whole lines, no usage, no error, no ping (most SSE chunks): content if it holds data
+                return chunk.find(b"data:") >= 0
+            return self._feed_sse(chunk)
         self._size += len(chunk)
         if self._size > JSON_CAP:
             self._problem = INCOMPLETE
             self._chunks.clear()
         else:
             self._chunks.append(chunk)
+        return True
 
     def _decode(self, chunk: bytes) -> bytes:
         assert self._decoder is not None
@@ -114,22 +145,23 @@ class BodyInspector:
             return b""
         return out
 
-    def _feed_sse(self, chunk: bytes) -> None:
+    def _feed_sse(self, chunk: bytes) -> bool:
         data = self._partial + chunk if self._partial else chunk
         cut = data.rfind(b"\n")
         if cut < 0:
             self._keep_partial(data)
-            return
+            return False
         complete, rest = data[:cut], data[cut + 1 :]
-        if complete.find(b"usage") >= 0:  # find, not ``in``: on bytes ``in`` first tries an int
-            lines = complete.split(b"\n")
-            if self._skip_line:
-                lines[0] = b""
-            for line in lines:
-                if line.find(b"usage") >= 0:
-                    self._sse_line(line)
+        lines = complete.split(b"\n")
+        if self._skip_line:
+            lines[0] = b""  # the tail of a line too long to keep: neither content nor usage
+        content = False
+        for line in lines:
+            if self._sse_line(line):
+                content = True
         self._skip_line = False
         self._keep_partial(rest)
+        return content
 
     def _keep_partial(self, data: bytes) -> None:
         if len(data) > LINE_CAP:
@@ -137,17 +169,40 @@ class BodyInspector:
         else:
             self._partial = data
 
-    def _sse_line(self, line: bytes) -> None:
+    def _sse_line(self, line: bytes) -> bool:
+        """Take one whole SSE line; whether it was a content event's data."""
         line = line.strip()
+        if not line:  # the end of an event
+            self._event = None
+            return False
         if not line.startswith(b"data:"):
-            return
+            if line.startswith(b"event:"):
+                field = line[6:].strip()
+                self._event = field if field == b"ping" or field == b"error" else None
+            return False  # a comment (``: ping``) or another field
+        name = self._event
+        if name == b"ping":
+            return False  # Anthropic's keepalive event
+        if name is None and line.find(b"usage") < 0 and line.find(b'"error"') < 0:
+            return True  # content, nothing in it to read
         try:
             event = json.loads(line[5:])
         except (ValueError, RecursionError):  # RecursionError: nested too deep to parse
-            self._malformed = True
-            return
+            if name == b"error":
+                self._in_band(FAILURE)
+                return False
+            if line.find(b"usage") >= 0:
+                self._malformed = True
+            return True
+        if name == b"error":  # ``event: error``: its data says which error
+            found = error_outcome(event, strings=True) if isinstance(event, dict) else None
+            self._in_band(found or FAILURE)
+            return False
         if not isinstance(event, dict):
-            return
+            return True
+        if isinstance(event.get("error"), dict):
+            self._in_band(error_outcome(event) or FAILURE)
+            return False
         usage = event.get("usage")
         if usage is None and isinstance(event.get("message"), dict):
             usage = event["message"].get("usage")  # Anthropic's message_start
@@ -155,6 +210,11 @@ class BodyInspector:
             if self._usage is None:
                 self._usage = {}
             self._usage.update(usage)
+        return True
+
+    def _in_band(self, outcome: str) -> None:
+        if self.in_band is None:
+            self.in_band = outcome
 
     def result(self, complete: bool) -> tuple[Mapping[str, Any] | None, str | None]:
         """``(usage or None, problem or None)`` once the body has ended (``complete``) or stopped."""
@@ -171,7 +231,54 @@ class BodyInspector:
             return None, self._problem
         if not complete:
             return None, INCOMPLETE
-        return json_usage(b"".join(self._chunks))
+        body = b"".join(self._chunks)
+        self.in_band = json_error(body)
+        return json_usage(body)
+
+
+FAILURE = "failure"
+THROTTLED = "throttled"
+
+
+def error_outcome(data: Mapping[str, Any], *, strings: bool = False) -> str | None:
+    """``failure`` or ``throttled`` when ``data``'s top level is an error, else ``None``.
+
+    An error is a top-level ``"error"`` object (with ``strings``, a non-empty
+    string too), or Anthropic's ``{"type": "error", ...}``. It is
+    ``throttled`` when it says rate limit: its ``type`` or ``code`` contains
+    ``rate_limit``, or its numeric ``code`` / ``status`` is 429.
+    """
+    error = data.get("error")
+    if isinstance(error, dict):
+        details: Mapping[str, Any] = error
+    elif (strings and isinstance(error, str) and error) or data.get("type") == "error":
+        details = data
+    else:
+        return None
+    for key in ("type", "code", "status"):
+        value = details.get(key)
+        if value.__class__ is str and "rate_limit" in value.lower():
+            return THROTTLED
+        if (value == 429 and value.__class__ is not bool) or value == "429":
+            return THROTTLED
+    return FAILURE
+
+
+def json_error(body: bytes) -> str | None:
+    """The in-band error of a whole JSON body: ``failure``, ``throttled`` or ``None``.
+
+    Parsed only when ``"error"`` occurs unescaped, i.e. as a key or a value
+    (a result's text holds it escaped): a result is never parsed here.
+    """
+    if body.find(b'"error"') < 0:
+        return None
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        return None  # not JSON: no verdict on what it says
+    if not isinstance(data, dict):
+        return None
+    return error_outcome(data, strings=True)
 
 
 _USAGE_KEY = re.compile(rb'"usage"\s*:\s*')
@@ -240,16 +347,27 @@ def body_kind(headers: AnyHeaders) -> tuple[str | None, bytes | None]:
     return None, None
 
 
-def whole_body_usage(headers: AnyHeaders, body: bytes) -> tuple[Mapping[str, Any] | None, str | None]:
-    """:meth:`BodyInspector.result` for a body already in memory."""
+def whole_body(
+    headers: AnyHeaders, body: bytes
+) -> tuple[Mapping[str, Any] | None, str | None, str | None]:
+    """``(usage, problem, in-band error)`` of a body already in memory (see :class:`BodyInspector`)."""
     kind, encoding = body_kind(headers)
     if kind is None:
-        return None, None
+        return None, None, None
     if kind == "json" and encoding is None:
         if len(body) > JSON_CAP:
-            return None, INCOMPLETE
-        return json_usage(body)
-    inspector = BodyInspector.for_headers(headers)
-    assert inspector is not None
+            return None, INCOMPLETE, None
+        usage, problem = json_usage(body)
+        return usage, problem, json_error(body)
+    inspector = BodyInspector(sse=kind == "sse", encoding=encoding)
+    if encoding is not None and encoding not in (b"gzip", b"x-gzip", b"deflate"):
+        return None, INCOMPLETE, None
     inspector.feed(body)
-    return inspector.result(True)
+    usage, problem = inspector.result(True)
+    return usage, problem, inspector.in_band
+
+
+def whole_body_usage(headers: AnyHeaders, body: bytes) -> tuple[Mapping[str, Any] | None, str | None]:
+    """:meth:`BodyInspector.result` for a body already in memory."""
+    usage, problem, _ = whole_body(headers, body)
+    return usage, problem

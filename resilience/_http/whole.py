@@ -1,0 +1,84 @@
+"""Bodies read whole before the response is returned: in-band errors that can still be retried.
+
+A ``200`` JSON body that is an error (:func:`resilience._http.inspect.json_error`)
+can be retried, or failed over, only if it is read before the call returns.
+The call reads it here when that can matter (its policy would retry, or a
+route has another target): the raw bytes, still content-encoded, bounded by
+:data:`resilience._http.inspect.JSON_CAP` through ``Content-Length``. The
+response then carries them as an in-memory stream, so the caller gets exactly
+the same bytes and the attempt is recorded from them at once.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import httpx2
+
+from resilience._http.inspect import JSON_CAP, THROTTLED, header_triples, in_memory_body, whole_body
+
+if TYPE_CHECKING:
+    from resilience._http.attempt import Attempt
+    from resilience._http.stacks import Stack
+
+IN_BAND = "in_band_error"
+"""The retry reason of a body that is an error."""
+
+
+def small_json(response: httpx2.Response, stack: Stack) -> bool:
+    """Whether ``response`` is a JSON body already in memory, or of a known length within the cap."""
+    json = False
+    sized = response.stream.__class__ is stack.byte_stream
+    for _, key, value in header_triples(response.headers):
+        if key == b"content-type":
+            mime = value.partition(b";")[0].strip().lower()
+            json = mime == b"application/json" or mime.endswith(b"+json")
+        elif key == b"content-length":
+            sized = value.isdigit() and int(value) <= JSON_CAP
+    return json and sized
+
+
+def read_sync(attempt: Attempt, stack: Stack) -> None:
+    """Read the attempt's body whole, keep it in the response, judge it (errors propagate)."""
+    response = attempt.response
+    assert response is not None
+    stream = response.stream
+    if stream.__class__ is stack.byte_stream:
+        taken(attempt, stack, in_memory_body(stream))  # type: ignore[arg-type]  # a ByteStream
+        return
+    try:
+        raw = b"".join(stream)  # type: ignore[arg-type]  # a sync stream
+    finally:
+        stream.close()  # type: ignore[union-attr]  # a sync stream
+    taken(attempt, stack, raw)
+
+
+async def read_async(attempt: Attempt, stack: Stack) -> None:
+    """:func:`read_sync` for async transports."""
+    response = attempt.response
+    assert response is not None
+    stream = response.stream
+    if stream.__class__ is stack.byte_stream:
+        taken(attempt, stack, in_memory_body(stream))  # type: ignore[arg-type]  # a ByteStream
+        return
+    try:
+        raw = b"".join([chunk async for chunk in stream])  # type: ignore[union-attr]  # an async stream
+    finally:
+        await stream.aclose()  # type: ignore[union-attr]
+    taken(attempt, stack, raw)
+
+
+def taken(attempt: Attempt, stack: Stack, raw: bytes) -> None:
+    """The body is in memory: the response carries it; an in-band error asks for a retry."""
+    response = attempt.response
+    assert response is not None
+    if response.stream.__class__ is not stack.byte_stream:
+        response.stream = stack.byte_stream(raw)
+    attempt.headers_at = None  # not streamed: judged by its whole duration
+    attempt.body = found = whole_body(response.headers, raw)
+    in_band = found[2]
+    if in_band is not None and attempt.outcome == "success":
+        attempt.outcome = in_band
+        stands_for = 429 if in_band == THROTTLED else 500
+        if stands_for in attempt.provider.policy.retry.retry_statuses:
+            attempt.reason = IN_BAND
