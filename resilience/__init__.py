@@ -2,7 +2,7 @@
 
 The public API; everything else is private. The package's layers, each
 importing only those below it: ``_core`` (windows, breakers, health,
-policies, providers, registry), ``_http`` (the transport over httpx2 and
+policies, providers, registry, routes), ``_http`` (the transport over httpx2 and
 httpx), ``_asgi`` (middleware, dashboard) and ``_export`` (Prometheus,
 shared state).
 """
@@ -19,6 +19,7 @@ from resilience._core.errors import CircuitOpenError, ConfigError, ResilienceErr
 from resilience._core.guard import Guard
 from resilience._core.provider import Provider
 from resilience._core.registry import ProviderRegistry, install_exporter
+from resilience._core.route import Route, RoutePolicy, Target
 from resilience._core.snapshot import (
     ModelSnapshot,
     ProbeSnapshot,
@@ -29,7 +30,7 @@ from resilience._core.snapshot import (
 from resilience._core.window import WindowSnapshot
 from resilience._export.metrics import ResilienceCollector
 from resilience._export.shared_state import SharedBreakerState
-from resilience._http.errors import StreamTimeoutError
+from resilience._http.errors import DeadlineExceededError, StreamTimeoutError
 from resilience._http.probe import HttpProbe, ProbeRunner, probes
 from resilience._http.transport import ResilientTransport
 
@@ -45,6 +46,7 @@ __all__ = [
     "CircuitOpenError",
     "ConfigError",
     "CostExtractor",
+    "DeadlineExceededError",
     "Guard",
     "HeaderCost",
     "HttpProbe",
@@ -64,9 +66,12 @@ __all__ = [
     "ResilienceMiddleware",
     "ResilientTransport",
     "RetryPolicy",
+    "Route",
+    "RoutePolicy",
     "SharedBreakerState",
     "StreamTimeoutError",
     "Summary",
+    "Target",
     "UnknownProviderError",
     "WindowSnapshot",
     "__version__",

@@ -19,6 +19,7 @@ RULES_TEST = ROOT / "tests" / "promtool" / "rules_test.yml"
 ALERTS = {
     "ProviderHealthScoreLow", "ProviderCircuitOpen", "ProviderErrorRateHigh",
     "ProviderCostBurnRateHigh", "RedisErrors", "ResilienceInstrumentationErrors", "ProviderNearQuota",
+    "RouteNoTargetAdmitting",
 }
 
 

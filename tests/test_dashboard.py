@@ -26,8 +26,12 @@ PROVIDER_KEYS = {
     "name", "status", "availability", "error_rate", "health_score", "breaker_state",
     "calls", "failures", "latency_ms", "cost_usd",
     "ratelimit",  # SPEC part two: null, or the quota the latest response announced
+    "ttft_ms",  # SPEC part two: time to first token of streamed attempts
 }
-MODEL_KEYS = {"provider", "model", "calls", "successes", "failures", "error_rate", "latency_ms", "cost_usd"}
+MODEL_KEYS = {"provider", "model", "calls", "successes", "failures", "error_rate", "latency_ms", "cost_usd",
+              "ttft_ms"}
+ROUTE_KEYS = {"name", "calls", "failovers", "hedges", "targets"}
+ROUTE_TARGET_KEYS = {"provider", "model", "state", "health_score", "admits"}
 SUMMARY_KEYS = {"total", "healthy", "degraded", "unhealthy", "open_breakers"}
 XSS_NAME = "<img src=x onerror=alert(1)>"
 
@@ -86,7 +90,8 @@ async def test_health_dashboard_has_exactly_the_spec_shape(clock: FakeClock) -> 
     assert response.status_code == 200
     assert response.headers["cache-control"] == "no-store"
     body = response.json()
-    assert set(body) == {"timestamp", "providers", "summary"}
+    assert set(body) == {"timestamp", "providers", "summary", "routes"}
+    assert body["routes"] == []
     assert_timestamp(body["timestamp"])
     assert [p["name"] for p in body["providers"]] == ["openrouter", "cerebras", "anthropic"]
     for entry in body["providers"]:
@@ -97,6 +102,7 @@ async def test_health_dashboard_has_exactly_the_spec_shape(clock: FakeClock) -> 
             assert isinstance(entry[key], float), key
         assert isinstance(entry["calls"], int) and isinstance(entry["failures"], int)
         assert_latency(entry["latency_ms"])
+        assert_latency(entry["ttft_ms"])
     assert body["summary"] == {"total": 3, "healthy": 1, "degraded": 1, "unhealthy": 1, "open_breakers": 1}
     assert set(body["summary"]) == SUMMARY_KEYS
 
@@ -129,10 +135,12 @@ async def test_models_stats_shape_and_values(clock: FakeClock) -> None:
     for entry in body["models"]:
         assert set(entry) == MODEL_KEYS
         assert_latency(entry["latency_ms"])
+        assert_latency(entry["ttft_ms"])
     by_model = {m["model"]: m for m in body["models"]}
     assert by_model["gpt-4o"] | {"latency_ms": None} == {
         "provider": "openrouter", "model": "gpt-4o", "calls": 3, "successes": 2, "failures": 1,
         "error_rate": 0.3333, "latency_ms": None, "cost_usd": 0.123457,
+        "ttft_ms": {"p50": None, "p95": None, "p99": None},  # no streamed attempt
     }
     llama = by_model["llama"]
     assert (llama["calls"], llama["successes"], llama["failures"]) == (2, 1, 1)
@@ -344,3 +352,81 @@ async def test_auth_raising_http_exception_gets_its_status(clock: FakeClock, sta
     assert response.headers["www-authenticate"] == "Bearer"
     assert "secret detail" not in response.text
     assert "openrouter" not in response.text
+
+
+# -- routes and time to first token (SPEC part two) ------------------------------------------
+
+
+def routed_registry(clock: FakeClock) -> ProviderRegistry:
+    """cerebras failing (its score down), openrouter healthy, anthropic open; one route over all three."""
+    registry = ProviderRegistry(clock=clock)
+    cerebras = registry.register("cerebras")
+    openrouter = registry.register("openrouter")
+    anthropic = registry.register("anthropic")
+    attempt(cerebras, "success", 0.1)
+    attempt(cerebras, "failure", 0.1)
+    attempt(openrouter, "success", 0.1)
+    anthropic.force_open()
+    route = registry.route("llama-3.3-70b", [
+        resilience.Target("cerebras", base_url="https://api.cerebras.ai/v1", model="llama-3.3-70b"),
+        resilience.Target("anthropic", base_url="https://api.anthropic.com/v1"),
+        resilience.Target("openrouter", base_url="https://openrouter.ai/api/v1",
+                          model="meta-llama/llama-3.3-70b-instruct"),
+    ])
+    route.record("success")
+    route.record("rejected")
+    route.record_failover("cerebras", "openrouter")
+    assert route.try_hedge()
+    return registry
+
+
+async def test_health_dashboard_routes_entry(clock: FakeClock) -> None:
+    """Each route: its counts over the window and its targets in the order a call tries them."""
+    body = (await get(mounted(routed_registry(clock)), "/ops/health/dashboard")).json()
+    (route,) = body["routes"]
+    assert set(route) == ROUTE_KEYS
+    assert (route["name"], route["calls"], route["failovers"], route["hedges"]) == ("llama-3.3-70b", 2, 1, 1)
+    for target in route["targets"]:
+        assert set(target) == ROUTE_TARGET_KEYS
+        assert isinstance(target["health_score"], float)
+    assert [(t["provider"], t["state"], t["health_score"], t["admits"]) for t in route["targets"]] == [
+        ("openrouter", "closed", 1.0, True),
+        ("cerebras", "closed", 0.5, True),
+        ("anthropic", "forced_open", 0.0, False),
+    ]
+    assert route["targets"][0]["model"] == "meta-llama/llama-3.3-70b-instruct"
+    assert route["targets"][2]["model"] is None
+
+
+async def test_route_counts_leave_the_window(clock: FakeClock) -> None:
+    """calls, failovers and hedges cover the stats window only."""
+    registry = routed_registry(clock)
+    clock.advance(61.0)
+    (route,) = (await get(mounted(registry), "/ops/health/dashboard")).json()["routes"]
+    assert (route["calls"], route["failovers"], route["hedges"]) == (0, 0, 0)
+
+
+async def test_ttft_ms_of_providers_and_models(clock: FakeClock) -> None:
+    """ttft_ms is p50/p95/p99 of streamed attempts' time to first token in ms, null without any."""
+    registry = ProviderRegistry(clock=clock)
+    provider = registry.register("openrouter")
+    registry.register("cerebras")
+    window = provider.model_window("gpt-4o")
+    for ttft in (0.2, 0.2, 0.2):
+        provider.record(provider.admit(window), "success", 1.0, model=window, ttft=ttft)
+    app = mounted(registry)
+    openrouter, cerebras = (await get(app, "/ops/health/dashboard")).json()["providers"]
+    assert all(190.0 <= v <= 210.0 for v in openrouter["ttft_ms"].values())
+    assert cerebras["ttft_ms"] == {"p50": None, "p95": None, "p99": None}
+    (model,) = (await get(app, "/ops/models/stats")).json()["models"]
+    assert set(model) == MODEL_KEYS
+    assert all(190.0 <= v <= 210.0 for v in model["ttft_ms"].values())
+
+
+async def test_page_has_routes_ttft_and_quota(clock: FakeClock) -> None:
+    """The page renders a routes table, a TTFT p95 column and a quota column (filled by its script)."""
+    html = (await get(mounted(routed_registry(clock)), "/ops/health/dashboard/ui")).text
+    assert 'id="routes"' in html
+    assert "TTFT p95" in html and "Quota" in html
+    assert "renderRoutes(health)" in html
+    assert "requests_remaining" in html and "exhausted" in html

@@ -26,7 +26,8 @@ KEYWORDS = {"and", "or", "unless", "bool", "offset", "by", "without", "on", "ign
             "group_right", "inf", "nan", "Inf", "NaN"}
 PANELS = {"Availability", "Error rate", "Health score", "Breaker state", "Cost by provider (USD/hour)",
           "Request rate by outcome", "Latency quantiles", "Redis operations", "Redis errors and rejections",
-          "Redis latency"}
+          "Redis latency", "Rate-limit quota remaining", "Time to first token quantiles",
+          "Route requests by outcome", "Route failovers", "Route hedges"}
 
 
 def _dashboard() -> dict[str, Any]:
@@ -171,6 +172,11 @@ def _exported_sample_names() -> set[str]:
     provider.count_error("invalid_cost")
     provider.record(provider.admit(), "success", 0.2, input_tokens=3, output_tokens=5)
     provider.note_limits(Limits(requests_remaining=9, tokens_remaining=900), 1000.0)
+    provider.record(provider.admit(), "success", 1.0, ttft=0.3)
+    registry.register("cerebras")
+    route = registry.route("llama", [resilience.Target("openrouter", base_url="https://openrouter.ai/api/v1"),
+                                     resilience.Target("cerebras", base_url="https://api.cerebras.ai/v1")])
+    route.record_failover("cerebras", "openrouter")
     provider.force_open()
     prom = CollectorRegistry()
     registry.register_metrics(prom)
@@ -235,3 +241,28 @@ def test_latency_quantiles_come_from_the_histogram(quantile: str) -> None:
         and "gatewayz_provider_request_duration_seconds_bucket" in expr
         for expr in exprs
     )
+
+
+def test_routes_row_shows_the_route_metrics() -> None:
+    """A Routes row holds route requests by outcome, failovers by pair and hedges by result."""
+    panels = _panels(_dashboard())
+    titles = [p["title"] for p in panels]
+    row = titles.index("Routes")
+    assert panels[row]["type"] == "row"
+    expected = {
+        "Route requests by outcome": ("gatewayz_route_requests_total", "outcome"),
+        "Route failovers": ("gatewayz_route_failovers_total", "from_provider, to_provider"),
+        "Route hedges": ("gatewayz_route_hedges_total", "result"),
+    }
+    for title, (metric, labels) in expected.items():
+        assert titles.index(title) > row
+        (expr,) = _panel_targets(title).values()
+        assert metric in expr and f"by (route, {labels})" in expr
+
+
+@pytest.mark.parametrize("quantile", ["0.5", "0.95", "0.99"])
+def test_ttft_quantiles_come_from_the_ttft_histogram(quantile: str) -> None:
+    """The TTFT panel reads the time-to-first-token histogram's buckets with histogram_quantile."""
+    exprs = _panel_targets("Time to first token quantiles").values()
+    assert any(expr.startswith(f"histogram_quantile({quantile},")
+               and "gatewayz_provider_time_to_first_token_seconds_bucket" in expr for expr in exprs)

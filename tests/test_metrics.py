@@ -395,3 +395,155 @@ def test_tokens_counter_adds_prompt_and_completion_tokens(content_type: str, bod
     assert _value(prom, "gatewayz_provider_tokens_total", provider="p", kind="prompt") == 6
     assert _value(prom, "gatewayz_provider_tokens_total", provider="p", kind="completion") == 10
     assert registry.get("p").snapshot().tokens_total == (6, 10)
+
+
+# -- routes and time to first token (SPEC part two) ------------------------------------------
+
+
+def _routed(clock: FakeClock) -> tuple[resilience.ProviderRegistry, resilience.Route]:
+    registry = _registry(clock)
+    registry.register("cerebras")
+    registry.register("openrouter")
+    route = registry.route("llama-3.3-70b", [
+        resilience.Target("cerebras", base_url="https://api.cerebras.ai/v1"),
+        resilience.Target("openrouter", base_url="https://openrouter.ai/api/v1"),
+    ])
+    return registry, route
+
+
+def test_route_families_start_at_zero(clock: FakeClock) -> None:
+    """Once a route exists, every outcome and hedge result is exported at 0; failovers have no series yet."""
+    registry, _route = _routed(clock)
+    prom = CollectorRegistry()
+    registry.register_metrics(prom)
+    for outcome in ("success", "failure", "rejected"):
+        assert _value(prom, "gatewayz_route_requests_total", route="llama-3.3-70b", outcome=outcome) == 0
+    for result in ("won", "lost"):
+        assert _value(prom, "gatewayz_route_hedges_total", route="llama-3.3-70b", result=result) == 0
+    text = generate_latest(prom).decode()
+    assert "# TYPE gatewayz_route_failovers_total counter" in text
+    assert "gatewayz_route_failovers_total{" not in text
+
+
+def test_route_counters_count_since_start(clock: FakeClock) -> None:
+    """Route calls, failovers and hedges are lifetime counters: they outlive the stats window."""
+    registry, route = _routed(clock)
+    prom = CollectorRegistry()
+    registry.register_metrics(prom, namespace="acme")
+    route.record("success")
+    route.record("failure")
+    route.record("rejected")
+    route.record("success")
+    route.record_failover("cerebras", "openrouter")
+    route.record_failover("cerebras", "openrouter")
+    route.record_failover("openrouter", "cerebras")
+    route.record_hedge("won")
+    route.record_hedge("lost")
+    route.record_hedge("lost")
+    clock.advance(600.0)
+    requests, failovers = "acme_route_requests_total", "acme_route_failovers_total"
+    assert _value(prom, requests, route="llama-3.3-70b", outcome="success") == 2
+    assert _value(prom, requests, route="llama-3.3-70b", outcome="failure") == 1
+    assert _value(prom, requests, route="llama-3.3-70b", outcome="rejected") == 1
+    route_name = "llama-3.3-70b"
+    assert _value(prom, failovers, route=route_name, from_provider="cerebras", to_provider="openrouter") == 2
+    assert _value(prom, failovers, route=route_name, from_provider="openrouter", to_provider="cerebras") == 1
+    assert _value(prom, "acme_route_hedges_total", route="llama-3.3-70b", result="won") == 1
+    assert _value(prom, "acme_route_hedges_total", route="llama-3.3-70b", result="lost") == 2
+    assert _value(prom, "gatewayz_route_requests_total", route="llama-3.3-70b", outcome="success") is None
+
+
+def test_ttft_histogram_is_present_with_no_data(clock: FakeClock) -> None:
+    """With no streamed attempt the TTFT histogram has the duration histogram's buckets, all 0."""
+    registry = _registry(clock)
+    registry.register("p")
+    prom = CollectorRegistry()
+    registry.register_metrics(prom)
+    families = {f.name: f for f in text_string_to_metric_families(generate_latest(prom).decode())}
+    ttft = families["gatewayz_provider_time_to_first_token_seconds"]
+    duration = families["gatewayz_provider_request_duration_seconds"]
+    assert ttft.type == "histogram"
+    les = [s.labels["le"] for s in ttft.samples if s.name.endswith("_bucket")]
+    assert les == [s.labels["le"] for s in duration.samples if s.name.endswith("_bucket")]
+    assert all(s.value == 0 for s in ttft.samples)
+
+
+def test_ttft_histogram_is_exact(clock: FakeClock) -> None:
+    """TTFT buckets are cumulative, the count is the +Inf bucket, the sum the TTFTs' sum."""
+    registry = _registry(clock)
+    provider = registry.register("p")
+    prom = CollectorRegistry()
+    registry.register_metrics(prom, namespace="acme")
+    for ttft in (0.003, 0.2, 7.0):
+        provider.record(provider.admit(), "success", 10.0, ttft=ttft)
+    name = "acme_provider_time_to_first_token_seconds"
+    assert _value(prom, name + "_bucket", provider="p", le="0.005") == 1
+    assert _value(prom, name + "_bucket", provider="p", le="0.25") == 2
+    assert _value(prom, name + "_bucket", provider="p", le="10.0") == 3
+    assert _value(prom, name + "_count", provider="p") == 3
+    assert _value(prom, name + "_sum", provider="p") == pytest.approx(7.203)
+
+
+def test_deadline_exceeded_counter_starts_at_zero_and_counts(clock: FakeClock) -> None:
+    """gatewayz_provider_deadline_exceeded_total{provider} is 0 from the first scrape and counts each cut."""
+    registry = _registry(clock)
+    provider = registry.register("openrouter")
+    prom = CollectorRegistry()
+    registry.register_metrics(prom, namespace="gw")
+    name = "gw_provider_deadline_exceeded_total"
+    assert _value(prom, name, provider="openrouter") == 0
+    provider.count_deadline_exceeded()
+    provider.count_deadline_exceeded()
+    assert _value(prom, name, provider="openrouter") == 2
+
+
+TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+
+
+def test_duration_histogram_carries_trace_id_exemplars_in_openmetrics(clock: FakeClock) -> None:
+    """Each duration bucket shows its latest traced attempt as a trace_id exemplar (OpenMetrics only)."""
+    from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
+
+    registry = _registry(clock)
+    provider = registry.register("openrouter")
+    prom = CollectorRegistry()
+    registry.register_metrics(prom)
+    _call(provider, "success", 0.2)
+    provider.note_exemplar(0.2, "0" * 31 + "1")
+    provider.note_exemplar(0.2, TRACE)  # the latest in a bucket wins
+    _call(provider, "failure", 3.0)
+    provider.note_exemplar(3.0, "f" * 32)
+    text = generate_openmetrics(prom).decode()  # type: ignore[no-untyped-call]  # untyped in prometheus_client
+    exemplars = {}
+    for family in parse_openmetrics(text):  # type: ignore[no-untyped-call]  # untyped in prometheus_client
+        if family.name == "gatewayz_provider_request_duration_seconds":
+            exemplars = {s.labels["le"]: s.exemplar for s in family.samples if s.exemplar is not None}
+    assert set(exemplars) == {"0.25", "5.0"}
+    assert exemplars["0.25"].labels == {"trace_id": TRACE}
+    assert exemplars["0.25"].value == 0.2
+    assert exemplars["5.0"].labels == {"trace_id": "f" * 32}
+    assert exemplars["0.25"].timestamp is not None
+    plain = generate_latest(prom).decode()  # the classic text format has no exemplars
+    assert TRACE not in plain
+    bucket = "gatewayz_provider_request_duration_seconds_bucket"
+    assert _value(prom, bucket, provider="openrouter", le="0.25") == 1
+
+
+def test_exemplars_keep_each_providers_buckets_apart(clock: FakeClock) -> None:
+    """Two providers' exemplars land on their own buckets, untraced providers carry none."""
+    from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
+
+    registry = _registry(clock)
+    traced, untraced = registry.register("openrouter"), registry.register("groq")
+    prom = CollectorRegistry()
+    registry.register_metrics(prom, model_metrics=True)
+    _call(traced, "success", 0.004)
+    _call(untraced, "success", 0.004)
+    traced.note_exemplar(0.004, TRACE)
+    text = generate_openmetrics(prom).decode()  # type: ignore[no-untyped-call]  # untyped in prometheus_client
+    lines = [line for line in text.splitlines() if "trace_id" in line]
+    assert lines == [
+        'gatewayz_provider_request_duration_seconds_bucket{le="0.005",provider="openrouter"} 1.0 '
+        f'# {{trace_id="{TRACE}"}} 0.004 {traced.snapshot().duration_exemplars[0][2]}'  # type: ignore[index]
+    ]

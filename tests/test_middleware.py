@@ -572,3 +572,153 @@ async def test_guarded_route_calling_its_own_provider_in_half_open_closes_it() -
     await inner.aclose()
     assert provider.snapshot().requests_total["success"] == 4  # two routes, two inner calls
     assert provider.snapshot().requests_total["rejected"] == 0
+
+
+# -- deadlines ---------------------------------------------------------------------------
+
+
+def late(deadline: float = 2.5) -> resilience.DeadlineExceededError:
+    """A DeadlineExceededError of provider openrouter, as the transport raises it."""
+    return resilience.DeadlineExceededError("late", deadline=deadline, provider="openrouter")
+
+
+def late_wrapped() -> Exception:
+    """An SDK timeout error raised ``from`` the deadline error, as openai's APITimeoutError is."""
+    try:
+        raise late()
+    except resilience.DeadlineExceededError as exc:
+        try:
+            raise SDKConnectionError("Request timed out.") from exc
+        except SDKConnectionError as wrapper:
+            return wrapper
+
+
+def late_in_context() -> Exception:
+    """An error raised while handling the deadline error (implicit ``__context__``)."""
+    try:
+        raise late()
+    except resilience.DeadlineExceededError:
+        try:
+            raise SDKConnectionError("Request timed out.")  # implicit __context__, as the test wants
+        except SDKConnectionError as wrapper:
+            return wrapper
+
+
+def deadline_app() -> Starlette:
+    """An app answering with the inbound deadline its request carries, as the transport would read it."""
+
+    async def endpoint(request: Request) -> Response:
+        stats = resilience.current_request()
+        assert stats is not None
+        deadline = stats.deadline
+        return JSONResponse(None if deadline is None else list(deadline))
+
+    return Starlette(routes=[Route("/llm", endpoint)])
+
+
+async def test_deadline_header_sets_the_inbound_deadline_on_the_registry_clock() -> None:
+    """With deadline_header, a request's header becomes Deadline(clock() + seconds, seconds, "inbound")."""
+    app = deadline_app()
+    registry = ProviderRegistry(clock=FakeClock(500.0))
+    app.add_middleware(ResilienceMiddleware, registry=registry, deadline_header="X-Request-Timeout")
+    async with client_for(app) as client:
+        timed = await client.get("/llm", headers={"x-request-timeout": "2.5"})
+        untimed = await client.get("/llm")
+    assert timed.json() == [502.5, 2.5, "inbound"]
+    assert untimed.json() is None
+
+
+async def test_deadline_header_is_off_by_default() -> None:
+    """Without deadline_header no header is read."""
+    async with client_for(wrap(deadline_app())) as client:
+        response = await client.get("/llm", headers={"x-request-timeout": "2"})
+    assert response.json() is None
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf", "soon", "1e3", ""])
+async def test_malformed_deadline_header_is_ignored_and_counted(value: str) -> None:
+    """A malformed or non-positive value sets no deadline; the middleware (and a guarded route's
+    provider) count it."""
+    registry = ProviderRegistry()
+    provider = registry.register("openrouter")
+    middleware: list[ResilienceMiddleware] = []
+
+    def build(app: Any) -> ResilienceMiddleware:
+        made = ResilienceMiddleware(
+            app, registry=registry, deadline_header="x-request-timeout",
+            provider_for=lambda scope: "openrouter" if scope["path"] == "/llm" else None,
+        )
+        middleware.append(made)
+        return made
+
+    async with client_for(build(deadline_app())) as client:
+        response = await client.get("/llm", headers={"x-request-timeout": value})
+    assert response.json() is None
+    assert middleware[0].errors == {"deadline_header": 1}
+    assert provider.errors == {"deadline_header": 1}
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        pytest.param(late, id="bare"),
+        pytest.param(late_wrapped, id="raised-from"),
+        pytest.param(late_in_context, id="implicit-context"),
+        pytest.param(lambda: ExceptionGroup("task group", [ValueError("x"), late_wrapped()]), id="group"),
+    ],
+)
+async def test_deadline_exceeded_becomes_504(make: Callable[[], BaseException]) -> None:
+    """A DeadlineExceededError, bare or wrapped by an SDK, is answered 504 with the 503's body shape."""
+    async with client_for(wrap(raising(make))) as client:
+        response = await client.get("/")
+    assert response.status_code == 504
+    assert response.headers["content-type"] == "application/json"
+    assert response.headers["cache-control"] == "no-store"
+    assert "retry-after" not in response.headers
+    body = {"type": "deadline_exceeded", "provider": "openrouter", "deadline": 2.5}
+    assert response.json() == {"error": body}
+
+
+async def test_deadline_exceeded_after_start_is_reraised() -> None:
+    """Once the response has started the error goes on; no second start is sent."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        raise late_wrapped()
+
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    with pytest.raises(SDKConnectionError):
+        await ResilienceMiddleware(app, registry=ProviderRegistry())({"type": "http"}, receive, send)
+    assert [m["type"] for m in sent] == ["http.response.start"]
+
+
+async def test_deadline_exceeded_in_a_guarded_route_is_not_held_against_it() -> None:
+    """A route whose call ran out of time answers 504 and records no outcome for its provider."""
+    registry = ProviderRegistry()
+    provider = registry.register("openrouter")
+    async with client_for(guarded(raising(late_wrapped), registry)) as client:
+        response = await client.get("/llm")
+    assert response.status_code == 504
+    assert sum(provider.snapshot().requests_total.values()) == 0
+
+
+async def test_deadline_504_carries_the_totals_headers_when_exposed() -> None:
+    """With expose_headers the 504 carries the attempts and cost headers too."""
+    async with client_for(wrap(raising(late), expose_headers=True)) as client:
+        response = await client.get("/")
+    assert response.status_code == 504
+    assert response.headers["x-resilience-attempts"] == "0"
+
+
+@pytest.mark.parametrize("header", ["", " ", "x request", "tëmps", 3])
+def test_bad_deadline_header_is_refused(header: object) -> None:
+    """deadline_header must be an HTTP header name; the error names the field."""
+    with pytest.raises(resilience.ConfigError, match="deadline_header"):
+        ResilienceMiddleware(status_app(200), registry=ProviderRegistry(), deadline_header=header)  # type: ignore[arg-type]

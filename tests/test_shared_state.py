@@ -703,7 +703,7 @@ async def test_metrics_and_dashboard_show_the_shared_state(
 def test_a_registry_without_shared_state_keeps_the_dashboard_shape(clock: FakeClock) -> None:
     """No SharedBreakerState: no "shared_state" key in /health/dashboard."""
     registry = ProviderRegistry(policy(), clock=clock)
-    assert set(health_payload(registry)) == {"timestamp", "providers", "summary"}
+    assert set(health_payload(registry)) == {"timestamp", "providers", "summary", "routes"}
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,8 @@
 
 Relative to where it is mounted:
 
-* ``GET /health/dashboard`` — every provider's state, health and stats window;
+* ``GET /health/dashboard`` — every provider's state, health and stats window,
+  and every route's targets in the order a call tries them;
 * ``GET /models/stats`` — every model's stats window (``?provider=`` filters);
 * ``GET /health/dashboard/ui`` — one self-contained HTML page polling the two.
 
@@ -38,7 +39,7 @@ from starlette.routing import Route, Router
 
 from resilience._core.errors import ConfigError
 from resilience._core.registry import ProviderRegistry
-from resilience._core.snapshot import ProbeSnapshot, ProviderSnapshot
+from resilience._core.snapshot import ProbeSnapshot, ProviderSnapshot, RouteSnapshot
 from resilience._core.window import WindowSnapshot
 
 log = logging.getLogger("resilience")
@@ -144,6 +145,7 @@ def health_payload(registry: ProviderRegistry) -> dict[str, Any]:
     payload: dict[str, Any] = {
         "timestamp": timestamp(snapshot.timestamp),
         "providers": [_provider(p, registry) for p in snapshot.providers],
+        "routes": [_route(r) for r in snapshot.routes],
         "summary": {
             "total": summary.total,
             "healthy": summary.healthy,
@@ -170,6 +172,7 @@ def _provider(snap: ProviderSnapshot, registry: ProviderRegistry) -> dict[str, A
         "calls": window.calls,
         "failures": window.failures + window.throttled,
         "latency_ms": latency_ms(window),
+        "ttft_ms": latency_ms(snap.ttft),
         "cost_usd": _num(window.cost_usd, 6),
         "ratelimit": _ratelimit(snap.ratelimit),
     }
@@ -177,6 +180,26 @@ def _provider(snap: ProviderSnapshot, registry: ProviderRegistry) -> dict[str, A
     if probe is not None:
         entry["probe"] = probe_payload(probe.snapshot())
     return entry
+
+
+def _route(snap: RouteSnapshot) -> dict[str, Any]:
+    """A route as the dashboard shows it: counts over the stats window, targets in the order tried."""
+    return {
+        "name": snap.name,
+        "calls": snap.calls,
+        "failovers": snap.failovers,
+        "hedges": snap.hedges,
+        "targets": [
+            {
+                "provider": target.provider,
+                "model": target.model,
+                "state": target.state,
+                "health_score": _num(target.health_score, 4),
+                "admits": target.admits,
+            }
+            for target in snap.targets
+        ],
+    }
 
 
 def _ratelimit(limits: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -221,6 +244,7 @@ def models_payload(registry: ProviderRegistry, provider: str | None = None) -> d
                     "failures": failures,
                     "error_rate": _num(window.error_rate, 4),
                     "latency_ms": latency_ms(window),
+                    "ttft_ms": latency_ms(model.ttft),
                     "cost_usd": _num(window.cost_usd, 6),
                 }
             )

@@ -10,7 +10,11 @@ For every ``http`` request it
   whole-second ``Retry-After`` and a JSON body naming the provider;
 * with ``provider_for``, guards whole routes that stand for one provider:
   rejected at once while its breaker is open, else the outcome is recorded
-  from the response status and timed to the last body chunk.
+  from the response status and timed to the last body chunk;
+* with ``deadline_header``, reads the inbound request's deadline (seconds)
+  into its :class:`resilience.RequestStats`, bounding every provider call
+  made while handling it, and turns a :class:`resilience.DeadlineExceededError`
+  (also a wrapped one) into ``504``.
 
 It never buffers: every message goes on to the server as the app sends it.
 Lifespan and websocket scopes pass through untouched.
@@ -21,16 +25,20 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
+import threading
 from collections.abc import Callable, MutableMapping
-from typing import Any
+from typing import Any, TypeVar
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from resilience._core.context import RequestStats, begin_request, end_request
+from resilience._core.deadline import Deadline, header_seconds
 from resilience._core.errors import CircuitOpenError, ConfigError
 from resilience._core.provider import Provider
 from resilience._core.registry import ProviderRegistry
 from resilience._core.retry import parse_retry_after
+from resilience._http.errors import DeadlineExceededError
 
 log = logging.getLogger("resilience")
 
@@ -38,6 +46,7 @@ ProviderFor = Callable[[Scope], "str | None"]
 ATTEMPTS_HEADER = b"x-resilience-attempts"
 COST_HEADER = b"x-resilience-cost-usd"
 _MAX_CHAIN = 64
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 MAX_RETRY_AFTER = 86_400
 """Largest ``Retry-After`` the middleware answers with (one day)."""
 
@@ -52,6 +61,11 @@ class ResilienceMiddleware:
             route one call to that provider (breaker, windows, metrics).
         expose_headers: add ``x-resilience-attempts`` and ``x-resilience-cost-usd``
             to responses, with the totals known when the response starts.
+        deadline_header: the inbound request header carrying its deadline in
+            seconds (e.g. ``"x-request-timeout"``), applied to every provider
+            call made while handling it; ``None`` (the default) reads none. A
+            malformed value is ignored and counted in :attr:`errors`
+            (``"deadline_header"``).
     """
 
     def __init__(
@@ -61,6 +75,7 @@ class ResilienceMiddleware:
         registry: ProviderRegistry,
         provider_for: ProviderFor | None = None,
         expose_headers: bool = False,
+        deadline_header: str | None = None,
     ) -> None:
         if not isinstance(registry, ProviderRegistry):
             raise ConfigError(f"registry must be a ProviderRegistry, got {registry!r}")
@@ -70,6 +85,16 @@ class ResilienceMiddleware:
         self.registry = registry
         self.provider_for = provider_for
         self.expose_headers = bool(expose_headers)
+        self.deadline_header = deadline_header
+        self._deadline_key = None if deadline_header is None else _header_key(deadline_header)
+        self._errors: dict[str, int] = {}
+        self._errors_lock = threading.Lock()
+
+    @property
+    def errors(self) -> dict[str, int]:
+        """Problems the middleware met and went on past, by kind (a copy): ``"deadline_header"``."""
+        with self._errors_lock:
+            return dict(self._errors)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -78,6 +103,8 @@ class ResilienceMiddleware:
         stats, token = begin_request()
         try:
             provider = self._route_provider(scope)
+            if self._deadline_key is not None:
+                self._read_deadline(scope, stats, provider)
             exchange = _Exchange(send, receive, stats, expose=self.expose_headers, provider=provider)
             if provider is None:
                 await self._run(scope, receive, exchange)
@@ -96,16 +123,39 @@ class ResilienceMiddleware:
             log.exception("provider_for failed; the request goes on unguarded")
             return None
 
+    def _read_deadline(self, scope: Scope, stats: RequestStats, provider: Provider | None) -> None:
+        """Set ``stats.deadline`` from the inbound deadline header; a malformed value is counted."""
+        key = self._deadline_key
+        for name, value in scope.get("headers", ()):
+            if bytes(name).lower() != key:
+                continue
+            seconds = header_seconds(bytes(value))
+            if seconds is not None:
+                stats.deadline = Deadline(self.registry.clock() + seconds, seconds, "inbound")
+                return
+            log.debug("ignoring a malformed %s header: %r", self.deadline_header, value)
+            with self._errors_lock:
+                self._errors["deadline_header"] = self._errors.get("deadline_header", 0) + 1
+            if provider is not None:
+                provider.count_error("deadline_header")
+            return
+
     async def _run(self, scope: Scope, receive: Receive, exchange: _Exchange) -> None:
         try:
             await self.app(scope, receive, exchange.send)
         except Exception as exc:
             circuit = find_circuit_open(exc)
-            exchange.settle_error(circuit is not None)
-            if circuit is None or exchange.started:
+            deadline = None if circuit is not None else find_deadline_exceeded(exc)
+            exchange.settle_error(circuit is not None or deadline is not None)
+            if exchange.started or (circuit is None and deadline is None):
                 raise
-            log.debug("circuit of %r open: answering 503", circuit.provider, exc_info=exc)
-            await exchange.reject(circuit)
+            if circuit is not None:
+                log.debug("circuit of %r open: answering 503", circuit.provider, exc_info=exc)
+                await exchange.reject(circuit)
+            else:
+                assert deadline is not None
+                log.debug("deadline of the call to %r passed: answering 504", deadline.provider, exc_info=exc)
+                await exchange.timed_out(deadline)
         except BaseException:
             exchange.settle(None)  # cancelled: the call ended without a result
             raise
@@ -175,9 +225,10 @@ class _Exchange:
             log.exception("recording the route outcome of %r failed", provider.name)
             provider.count_error("middleware")
 
-    def settle_error(self, circuit_open: bool) -> None:
-        """The app raised: a failure, unless the client left or a breaker rejected the call."""
-        self.settle(None if circuit_open or self.disconnected else "failure")
+    def settle_error(self, no_verdict: bool) -> None:
+        """The app raised: a failure, unless the client left, a breaker rejected the call or its
+        deadline passed (``no_verdict``)."""
+        self.settle(None if no_verdict or self.disconnected else "failure")
 
     def settle_incomplete(self) -> None:
         """The app returned; a response it never completed is a failure unless the client left."""
@@ -214,21 +265,38 @@ class _Exchange:
     async def reject(self, exc: CircuitOpenError) -> None:
         """Answer ``503`` for an open circuit."""
         retry_after = retry_after_header(exc.retry_after)
-        body = json.dumps(
-            {"error": {"type": "circuit_open", "provider": exc.provider, "retry_after": retry_after}}
-        ).encode()
+        error = {"type": "circuit_open", "provider": exc.provider, "retry_after": retry_after}
+        await self._answer(503, error, [(b"retry-after", str(retry_after).encode())])
+
+    async def timed_out(self, exc: DeadlineExceededError) -> None:
+        """Answer ``504`` for a call whose deadline passed."""
+        deadline = exc.deadline if math.isfinite(exc.deadline) else None
+        await self._answer(504, {"type": "deadline_exceeded", "provider": exc.provider, "deadline": deadline})
+
+    async def _answer(
+        self, status: int, error: dict[str, Any], extra: list[tuple[bytes, bytes]] | None = None
+    ) -> None:
+        body = json.dumps({"error": error}).encode()
         headers = [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode()),
-            (b"retry-after", str(retry_after).encode()),
+            *(extra or ()),
             (b"cache-control", b"no-store"),
         ]
-        start: MutableMapping[str, Any] = {"type": "http.response.start", "status": 503, "headers": headers}
+        start: MutableMapping[str, Any] = {"type": "http.response.start", "status": status}
+        start["headers"] = headers
         if self.expose:
             start = _with_headers(start, self.stats)
         self.started = True
         await self._send(start)
         await self._send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def _header_key(name: object) -> bytes:
+    """``name`` as ASGI gives header names (lower-case bytes), or ``ConfigError``: not a header name."""
+    if not isinstance(name, str) or not _TOKEN.fullmatch(name):
+        raise ConfigError(f"deadline_header must be a non-empty HTTP header name or None, got {name!r}")
+    return name.lower().encode("ascii")
 
 
 def retry_after_header(seconds: float) -> int:
@@ -266,6 +334,19 @@ def find_circuit_open(exc: BaseException) -> CircuitOpenError | None:
 
     A context hidden with ``raise ... from None`` is not followed.
     """
+    return _find(exc, CircuitOpenError)
+
+
+def find_deadline_exceeded(exc: BaseException) -> DeadlineExceededError | None:
+    """The :class:`DeadlineExceededError` behind ``exc``, found as :func:`find_circuit_open` finds its."""
+    return _find(exc, DeadlineExceededError)
+
+
+E = TypeVar("E", bound=BaseException)
+
+
+def _find(exc: BaseException, kind: type[E]) -> E | None:
+    """The first ``kind`` in ``exc``'s chain, breadth first, at most :data:`_MAX_CHAIN` exceptions deep."""
     queue: list[BaseException] = [exc]
     seen: set[int] = set()
     while queue and len(seen) < _MAX_CHAIN:
@@ -273,7 +354,7 @@ def find_circuit_open(exc: BaseException) -> CircuitOpenError | None:
         if id(current) in seen:
             continue
         seen.add(id(current))
-        if isinstance(current, CircuitOpenError):
+        if isinstance(current, kind):
             return current
         if isinstance(current, BaseExceptionGroup):
             queue.extend(current.exceptions)

@@ -197,6 +197,11 @@ class Breaker:
             return self.permit | 1
         return None
 
+    def trial_free_locked(self) -> bool:
+        """Whether a half-open trial slot is free now (read-only: no slot is taken)."""
+        limit = self.policy.half_open_max_calls if self.trial_limit is None else self.trial_limit
+        return self._trial_in_flight < limit
+
     def release_locked(self, permit: int) -> None:
         """Give back a permit whose call produced no result (cancelled)."""
         if permit & 1 and permit == (self.permit | 1) and self._state is HALF_OPEN:

@@ -262,7 +262,13 @@ class Policy:
             dashboard and gauges (default 60).
         first_byte_timeout: seconds a streamed response may take to its first
             body chunk.
-        idle_timeout: seconds a streamed response may stay silent between chunks.
+        idle_timeout: seconds a streamed response may stay silent between chunks
+            (between content events for SSE: keepalives do not count).
+        first_token_timeout: seconds from the start of an attempt to its first
+            content event (SSE; keepalives do not count); for other streams, to
+            the first body bytes.
+        deadline_seconds: one deadline over a whole call to this provider: its
+            attempts, backoff waits and retries (the earliest deadline wins).
         hold_when_exhausted: while the provider's latest response said 0
             requests (or tokens) remaining and its reset is still ahead, reject
             its calls at once with :class:`resilience.CircuitOpenError`
@@ -284,6 +290,8 @@ class Policy:
     first_byte_timeout: Duration | None = None
     idle_timeout: Duration | None = None
     hold_when_exhausted: bool | None = None
+    first_token_timeout: Duration | None = None
+    deadline_seconds: Duration | None = None
 
     def __post_init__(self) -> None:
         if self.breaker is not None and not isinstance(self.breaker, BreakerPolicy):
@@ -304,7 +312,10 @@ class Policy:
                 raise ConfigError(f"{name} must be a bool, got {value!r}")
         if self.exception_outcome is not None and not callable(self.exception_outcome):
             raise ConfigError(f"exception_outcome must be callable, got {self.exception_outcome!r}")
-        for name in ("latency_slo_seconds", "first_byte_timeout", "idle_timeout"):
+        for name in (
+            "latency_slo_seconds", "first_byte_timeout", "idle_timeout", "first_token_timeout",
+            "deadline_seconds",
+        ):
             value = getattr(self, name)
             if value is not None:
                 _set(self, name, _seconds(name, value))
@@ -351,6 +362,8 @@ class ResolvedPolicy:
     first_byte_timeout: float | None
     idle_timeout: float | None
     hold_when_exhausted: bool
+    first_token_timeout: float | None
+    deadline_seconds: float | None
     source: Policy = field(repr=False, compare=False)
 
     def outcome_for_status(self, status: int) -> Outcome:
@@ -396,5 +409,7 @@ def resolve_policy(own: Policy | None, default: Policy | None) -> ResolvedPolicy
         first_byte_timeout=merged.first_byte_timeout,  # type: ignore[arg-type]
         idle_timeout=merged.idle_timeout,  # type: ignore[arg-type]
         hold_when_exhausted=bool(merged.hold_when_exhausted),
+        first_token_timeout=merged.first_token_timeout,  # type: ignore[arg-type]
+        deadline_seconds=merged.deadline_seconds,  # type: ignore[arg-type]
         source=merged,
     )

@@ -19,6 +19,8 @@ import threading
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 
+from resilience._core.deadline import Deadline
+
 
 @dataclass(slots=True)
 class RequestStats:
@@ -29,6 +31,8 @@ class RequestStats:
     rejected: int = 0
     cost_usd: float = 0.0
     providers: set[str] = field(default_factory=set)
+    deadline: Deadline | None = None
+    """The inbound request's deadline (the middleware's ``deadline_header``): bounds every provider call."""
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
     _holding: object = field(default=None, repr=False, compare=False)
     """The provider whose permit the whole inbound request holds (``provider_for``), if any."""

@@ -8,6 +8,7 @@
      |    +-- UnknownProviderError (also KeyError)
      |    +-- CircuitOpenError (also pybreaker.CircuitBreakerError)
      |    +-- StreamTimeoutError (also the stack's TimeoutException; resilience._http.errors)
+     |    +-- DeadlineExceededError (also the stack's TimeoutException; resilience._http.errors)
 
 When retries run out, the last response or exception reaches the caller
 unchanged, never wrapped.

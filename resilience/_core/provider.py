@@ -26,14 +26,14 @@ from resilience._core import context as _context
 from resilience._core import health as _health
 from resilience._core import quota
 from resilience._core.breaker import CLOSED, DISABLED, HALF_OPEN, OPEN, Breaker
-from resilience._core.clock import Clock
+from resilience._core.clock import Clock, wall_time
 from resilience._core.config import OUTCOMES, ResolvedPolicy
 from resilience._core.errors import CircuitOpenError
 from resilience._core.histogram import DURATION_BUCKETS, PROMETHEUS_BUCKET, bucket_of
 from resilience._core.pending import Extras
 from resilience._core.quota import Limits
 from resilience._core.snapshot import ModelSnapshot, ProviderSnapshot
-from resilience._core.window import REJECTED, SUCCESS, TimeWindow, outcome_index
+from resilience._core.window import EMPTY, REJECTED, SUCCESS, TimeWindow, outcome_index
 
 T = TypeVar("T")
 
@@ -92,6 +92,9 @@ class Provider:
         )
         self._stats = TimeWindow(policy.stats_window_seconds)
         self._headers_window = TimeWindow(policy.stats_window_seconds)
+        self._ttft = TimeWindow(policy.stats_window_seconds)
+        self._ttft_counts = [0] * len(_LE)  # lifetime, per Prometheus bucket (not cumulative)
+        self._ttft_sum = 0.0
         self._max_models = max_models
         self._models: dict[str, TimeWindow] = {}
         self._orphans: deque[int] = deque()
@@ -106,13 +109,19 @@ class Provider:
         self._tokens_total = [0, 0]  # prompt, completion; since start
         self._limits: tuple[Limits, float] | None = None  # the latest announced, and when (clock)
         self._held_until = -math.inf
-        """With ``hold_when_exhausted``: calls are rejected until then (clock), the quota's reset."""
+        """With ``hold_when_exhausted``: calls are rejected until then (clock), an exhausted quota's reset."""
+        self.holds = policy.hold_when_exhausted
+        """Whether calls pass :meth:`quota_gate` first (``hold_when_exhausted``)."""
+        self._requests_left = quota.RequestCount()
         self._retries_total: dict[str, int] = {}
         self._duration_counts = [0] * len(_LE)  # lifetime, per Prometheus bucket (not cumulative)
         self._model_snaps: dict[str, ModelSnapshot] = {}
         self._duration_sum = 0.0
         self._model_overflows = 0
         self._errors: dict[str, int] = {}
+        self._deadline_exceeded = 0
+        self._exemplars: list[tuple[str, float, float] | None] = [None] * len(_LE)
+        """Per Prometheus duration bucket: the latest traced ``(trace_id, duration, wall time)``."""
 
     def __repr__(self) -> str:
         return f"<Provider {self.name!r} {self._breaker._state}>"
@@ -194,19 +203,34 @@ class Provider:
         calls until its reset (see :meth:`hold`).
         """
         self._limits = (limits, now)
-        if self.policy.hold_when_exhausted:
+        if self.holds:
             announced = quota.view(limits, 0.0)
             reset = announced["reset_seconds"]
-            self._held_until = now + reset if announced["exhausted"] and reset else -math.inf
+            with self._lock:
+                self._held_until = now + reset if announced["exhausted"] and reset else -math.inf
+                self._requests_left.announced(limits, now)
 
-    def hold(self, now: float, model: TimeWindow | None) -> CircuitOpenError:
+    def quota_gate(self, now: float) -> float | None:
+        """With ``hold_when_exhausted``: ``None`` to admit a call now, else the seconds it is held for.
+
+        Held while the latest announcement said 0 requests or tokens left
+        with the reset ahead, and while the requests counted locally since
+        (:class:`resilience._core.quota.RequestCount`) have used up what it
+        allowed: concurrent callers never send more than the quota.
+        """
+        with self._lock:
+            if now < self._held_until:
+                return self._held_until - now
+            return self._requests_left.take(now)
+
+    def hold(self, now: float, model: TimeWindow | None, retry_after: float) -> CircuitOpenError:
         """A call held back by an exhausted quota: counted as ``rejected``; the error to raise."""
         with self._lock:
             self._stats.record(now, REJECTED)
             if model is not None:
                 model.record(now, REJECTED)
             self._requests_total[REJECTED] += 1
-        return CircuitOpenError(self.name, self._held_until - now, "exhausted")
+        return CircuitOpenError(self.name, retry_after, "exhausted")
 
     @property
     def ratelimit(self) -> dict[str, Any] | None:
@@ -222,6 +246,34 @@ class Provider:
         limits, at = latest
         return quota.view(limits, self.clock() - at)
 
+    def admission_view(self) -> tuple[str, float, bool, float | None]:
+        """``(state, health score, admits a call now, retry_after)``, taking no permit.
+
+        What a route chooses its targets by: half-open admits only while a
+        trial slot is free; open, forced open and exhausted (its rate limits
+        said 0 remaining, reset ahead) do not admit. ``retry_after`` is
+        ``None`` when it admits, else the seconds until it may again.
+        """
+        now = self.clock()
+        breaker = self._breaker
+        with self._lock:
+            while self._orphans:  # abandoned permits hold no trial slot
+                breaker.release_locked(self._orphans.popleft())
+            breaker._expire_locked(now)
+            state = breaker._state
+            window = self._stats.snapshot(now)
+            admits = state is CLOSED or state is DISABLED
+            admits = admits or (state is HALF_OPEN and breaker.trial_free_locked())
+            retry_after = None if admits else breaker.retry_after_locked(now)
+        breaker.notify()
+        latest = self._limits
+        if latest is not None:
+            limits = quota.view(latest[0], now - latest[1])
+            if limits["exhausted"]:
+                admits, retry_after = False, max(retry_after or 0.0, limits["reset_seconds"] or 0.0)
+        score = _health.health_score(state, window, self.policy.latency_slo_seconds)
+        return state, score, admits, retry_after
+
     def count_error(self, kind: str) -> None:
         """Count an instrumentation error (a bad cost body, a metrics error ...)."""
         with self._lock:
@@ -231,6 +283,19 @@ class Provider:
         """Count a retry the transport is about to make."""
         with self._lock:
             self._retries_total[reason] = self._retries_total.get(reason, 0) + 1
+
+    def count_deadline_exceeded(self) -> None:
+        """Count a call (or its attempt) to this provider cut by its deadline."""
+        with self._lock:
+            self._deadline_exceeded += 1
+
+    def note_exemplar(self, duration: float, trace_id: str) -> None:
+        """Keep ``trace_id`` as the exemplar of ``duration``'s Prometheus bucket (lock-free; the latest wins).
+
+        One list store (atomic in CPython) of a fresh tuple: a scrape copies
+        the list and sees each bucket's old or new exemplar, never half of one.
+        """
+        self._exemplars[PROMETHEUS_BUCKET[bucket_of(duration)]] = (trace_id, duration, wall_time())
 
     # -- permits ---------------------------------------------------------------
 
@@ -329,6 +394,7 @@ class Provider:
         time_to_headers: float | None = None,
         now: float | None = None,
         judged: bool = True,
+        ttft: float | None = None,
     ) -> None:
         """Record one attempt's outcome everywhere and move the breaker.
 
@@ -339,12 +405,17 @@ class Provider:
         ``Retry-After`` the response carried (seconds), for ``open_on_retry_after``.
         ``judged=False`` records the attempt in the windows and counters but
         gives the breaker no verdict (the permit is released instead).
+        ``ttft``, for SSE responses, the time to the first content event: kept
+        in the provider's and the model's time-to-first-token windows, and what
+        the attempt is judged slow by.
         """
         index = outcome_index(outcome)
         if now is None:
             now = self.clock()
-        # a stream's length is what the caller asked for: it is judged slow by its first response
-        slow = (duration if time_to_headers is None else time_to_headers) >= self._slow_s
+        # a stream's length is what the caller asked for: it is judged slow by its first token (SSE)
+        # or its first response (other streams)
+        first = ttft if ttft is not None else time_to_headers
+        slow = (duration if first is None else first) >= self._slow_s
         if cost is not None and not 0 <= cost <= MAX_ATTEMPT_COST_USD:  # NaN, < 0, inf, absurd
             cost, cost_unknown = None, True
             self.count_error("invalid_cost")
@@ -368,6 +439,8 @@ class Provider:
                 tokens[1] += output_tokens
             if time_to_headers is not None:
                 self._headers_window.record(now, index, time_to_headers)
+            if ttft is not None:
+                self._record_ttft_locked(now, index, ttft, model)
             if index == REJECTED:
                 pass
             elif judged:
@@ -375,6 +448,31 @@ class Provider:
             else:  # no verdict on the provider (a cancelled stream): its trial slot goes back
                 self._breaker.release_locked(permit)
         self._breaker.notify()
+
+    def record_lost(
+        self, permit: int, cost: float | None, input_tokens: int = 0, output_tokens: int = 0
+    ) -> None:
+        """A hedged attempt that lost its race: no verdict and no call, but its cost and tokens count."""
+        if cost is not None and not 0 <= cost <= MAX_ATTEMPT_COST_USD:
+            cost = None
+            self.count_error("invalid_cost")
+        with self._lock:
+            self._breaker.release_locked(permit)
+            if cost is not None:
+                self._cost_total += cost
+            self._tokens_total[0] += input_tokens
+            self._tokens_total[1] += output_tokens
+        self._breaker.notify()
+
+    def _record_ttft_locked(self, now: float, index: int, ttft: float, model: TimeWindow | None) -> None:
+        self._ttft.record(now, index, ttft)
+        if model is not None:
+            window = model.ttft
+            if window is None:
+                window = model.ttft = TimeWindow(self.policy.stats_window_seconds)
+            window.record(now, index, ttft)
+        self._ttft_counts[PROMETHEUS_BUCKET[bucket_of(ttft)]] += 1
+        self._ttft_sum += ttft
 
     def open_for(self, seconds: float) -> None:
         """Open the breaker for at least ``seconds`` (a ``Retry-After``)."""
@@ -447,9 +545,11 @@ class Provider:
         out = []
         for model, window in self._models.items():
             window_snap = window.snapshot(now)
+            ttft = window.ttft
+            ttft_snap = EMPTY if ttft is None else ttft.snapshot(now)
             snap = cache.get(model)
-            if snap is None or snap.window is not window_snap:
-                snap = cache[model] = ModelSnapshot(name, model, window_snap)
+            if snap is None or snap.window is not window_snap or snap.ttft is not ttft_snap:
+                snap = cache[model] = ModelSnapshot(name, model, window_snap, ttft_snap)
             out.append(snap)
         return tuple(out)
 
@@ -470,6 +570,10 @@ class Provider:
             buckets = tuple(zip(_LE, accumulate(self._duration_counts), strict=True))
             history = tuple(self._breaker.history)
             headers = self._headers_window.snapshot(now)
+            ttft = self._ttft.snapshot(now)
+            ttft_buckets = tuple(zip(_LE, accumulate(self._ttft_counts), strict=True))
+            ttft_sum = self._ttft_sum
+            deadline_exceeded, exemplars = self._deadline_exceeded, tuple(self._exemplars)
         self._breaker.notify()
         policy = self.policy
         score = _health.health_score(state, window, policy.latency_slo_seconds)
@@ -496,6 +600,11 @@ class Provider:
             time_to_headers=headers,
             tokens_total=tokens_total,
             ratelimit=None if self._limits is None else quota.view(self._limits[0], now - self._limits[1]),
+            ttft=ttft,
+            ttft_buckets=ttft_buckets,
+            ttft_sum=ttft_sum,
+            deadline_exceeded_total=deadline_exceeded,
+            duration_exemplars=exemplars,
         )
 
 

@@ -19,6 +19,7 @@ from resilience._core.errors import ConfigError, UnknownProviderError
 from resilience._core.guard import Guard
 from resilience._core.ports import Exporter, ExporterFactory, Probe
 from resilience._core.provider import MAX_LABEL_LENGTH, OTHER, Provider, encodable
+from resilience._core.route import Route, RoutePolicy, Target, route_host
 from resilience._core.snapshot import RegistrySnapshot
 
 if TYPE_CHECKING:
@@ -79,6 +80,8 @@ class ProviderRegistry:
         self._collectors: list[Exporter] = []
         self.extensions: dict[str, Any] = {}
         self._probes: dict[str, Probe] = {}  # active probes by provider name, off by default
+        self._routes: dict[str, Route] = {}
+        self._route_hosts: dict[str, Route] = {}  # by the host of each route's base_url
 
     # -- registration ----------------------------------------------------------
 
@@ -212,6 +215,82 @@ class ProviderRegistry:
                     return provider
             return self._new_provider(name, self._default, explicit=False)
 
+    # -- routes ----------------------------------------------------------------
+
+    def route(self, name: str, targets: Iterable[Target], *, policy: RoutePolicy | None = None) -> Route:
+        """Register a route: one logical model served by ``targets``, tried as ``policy`` says.
+
+        Requests sent under the route's ``base_url`` (an ``http://….invalid``
+        URL, unique in this registry) are answered by the first target that
+        admits the call and does not fail before commit; see :class:`resilience.Route`.
+
+        Raises:
+            ConfigError: a bad or already registered name, no targets, a
+                target that is not a :class:`resilience.Target` or whose
+                provider is not registered, a policy that is not a
+                :class:`resilience.RoutePolicy`.
+        """
+        if (
+            not isinstance(name, str)
+            or not name.strip()
+            or len(name) > MAX_LABEL_LENGTH
+            or encodable(name) != name
+        ):
+            raise ConfigError(
+                f"name must be a non-empty UTF-8 string of at most {MAX_LABEL_LENGTH} characters, "
+                f"got {name!r}"
+            )
+        if policy is None:
+            policy = RoutePolicy()
+        elif not isinstance(policy, RoutePolicy):
+            raise ConfigError(f"policy must be a RoutePolicy, got {policy!r}")
+        if isinstance(targets, str | bytes | Target) or not isinstance(targets, Iterable):
+            raise ConfigError(f"targets must be a list of resilience.Target, got {targets!r}")
+        chosen = tuple(targets)
+        if not chosen:
+            raise ConfigError("targets must name at least one resilience.Target, got none")
+        for target in chosen:
+            if not isinstance(target, Target):
+                raise ConfigError(f"targets must hold resilience.Target objects, got {target!r}")
+            provider = self._providers.get(target.provider)
+            if provider is None or not provider._explicit:
+                raise ConfigError(
+                    f"targets: provider {target.provider!r} is not registered; "
+                    "registry.register() it before the route"
+                )
+        with self._lock:
+            if name in self._routes:
+                raise ConfigError(f"route {name!r} is already registered")
+            route = Route(
+                name, chosen, policy,
+                host=route_host(name, len(self._routes) + 1),
+                providers=tuple(self._providers[t.provider] for t in chosen),
+                clock=self.clock,
+                window_seconds=self._default.stats_window_seconds,
+            )
+            self._routes[name] = route
+            self._route_hosts[route.host] = route
+        return route
+
+    def routes(self) -> list[Route]:
+        """Every route, in registration order."""
+        return list(self._routes.values())
+
+    def get_route(self, name: str) -> Route:
+        """The route of that name.
+
+        Raises:
+            KeyError: no such route.
+        """
+        try:
+            return self._routes[name]
+        except KeyError:
+            raise KeyError(f"no route named {name!r} is registered") from None
+
+    def route_for_host(self, host: str) -> Route | None:
+        """The route whose ``base_url`` has this host (lower case, as httpx gives it), else ``None``."""
+        return self._route_hosts.get(host)
+
     # -- use -------------------------------------------------------------------
 
     def guard(self, provider: str | Provider, model: str | None = None) -> Guard:
@@ -229,6 +308,7 @@ class ProviderRegistry:
             timestamp=wall_now(),
             window_seconds=self._default.stats_window_seconds,
             providers=tuple(p.snapshot() for p in self.providers()),
+            routes=tuple(r.snapshot() for r in self.routes()),
         )
 
     def register_metrics(

@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any, NamedTuple
 
 from resilience._core.health import Status
-from resilience._core.window import WindowSnapshot
+from resilience._core.window import EMPTY, WindowSnapshot
 
 
 class ModelSnapshot(NamedTuple):
@@ -16,6 +16,8 @@ class ModelSnapshot(NamedTuple):
     provider: str
     model: str
     window: WindowSnapshot
+    ttft: WindowSnapshot = EMPTY
+    """Time to first token of the model's streamed (SSE) attempts: ``p50``/``p95``/``p99`` in seconds."""
 
 
 class ProviderSnapshot(NamedTuple):
@@ -52,6 +54,52 @@ class ProviderSnapshot(NamedTuple):
     """Prompt and completion tokens the provider's usage reported since start."""
     ratelimit: dict[str, Any] | None = None
     """``Provider.ratelimit`` when the snapshot was taken."""
+    ttft: WindowSnapshot = EMPTY
+    """Time to first token of streamed (SSE) attempts over the stats window (``p50``... in seconds)."""
+    ttft_buckets: tuple[tuple[float, int], ...] = ()
+    """Lifetime time-to-first-token histogram, cumulative ``(le, count)`` like ``duration_buckets``."""
+    ttft_sum: float = 0.0
+    deadline_exceeded_total: int = 0
+    """Attempts and calls cut by their deadline since start (``Provider.count_deadline_exceeded``)."""
+    duration_exemplars: tuple[tuple[str, float, float] | None, ...] = ()
+    """Per Prometheus duration bucket (the ``duration_buckets`` order): the latest traced attempt in it,
+    ``(trace_id, duration, wall-clock timestamp)``, or ``None``."""
+
+
+class TargetView(NamedTuple):
+    """One target of a route as its provider stands now: what selection orders and skips."""
+
+    provider: str
+    model: str | None
+    state: str
+    health_score: float
+    admits: bool
+    """Whether the provider admits a call now (not open, forced open, exhausted, nor half-open and full)."""
+    retry_after: float | None
+    """``None`` when it admits; else seconds until it may again."""
+
+
+class RouteSnapshot(NamedTuple):
+    """One route: its targets in the order a call would try them, and its counts.
+
+    ``calls`` (route calls, rejections included), ``failovers`` (moves from
+    one target to the next) and ``hedges`` (hedges started) cover the stats
+    window; the ``*_total`` mappings count since start.
+    """
+
+    name: str
+    base_url: str
+    calls: int
+    failovers: int
+    hedges: int
+    targets: tuple[TargetView, ...]
+    """Admitting targets in the route's order (score or declared), then the others."""
+    requests_total: dict[str, int]
+    """Route calls by outcome: ``success``, ``failure``, ``rejected``."""
+    failovers_total: dict[tuple[str, str], int]
+    """Failovers by ``(from_provider, to_provider)``."""
+    hedges_total: dict[str, int]
+    """Hedges by result: ``won``, ``lost``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +120,7 @@ class RegistrySnapshot:
     timestamp: datetime
     window_seconds: float
     providers: tuple[ProviderSnapshot, ...]
+    routes: tuple[RouteSnapshot, ...] = ()
 
     @property
     def summary(self) -> Summary:

@@ -15,6 +15,14 @@ provider's snapshot and turns it into these families (``gatewayz_`` is the
     gatewayz_circuit_breaker_transitions_total{provider,from_state,to_state}  counter
     gatewayz_resilience_label_overflows_total{label,provider}  counter (names folded into other)
     gatewayz_resilience_errors_total{provider,kind}        counter (instrumentation errors)
+    gatewayz_provider_deadline_exceeded_total{provider}    counter (calls cut by their deadline)
+    gatewayz_provider_time_to_first_token_seconds{provider}  histogram (streamed SSE attempts)
+    gatewayz_route_requests_total{route,outcome}           counter (success, failure, rejected)
+    gatewayz_route_failovers_total{route,from_provider,to_provider}  counter
+    gatewayz_route_hedges_total{route,result}              counter (won, lost)
+
+With the OpenMetrics exposition the duration histogram's buckets carry
+exemplars labelled ``trace_id``: the latest traced attempt in each bucket.
 
 Counters come from the providers' lifetime totals, so they never go down when
 the window slides. With ``model_metrics=True`` a capped set of per-model
@@ -43,17 +51,22 @@ from prometheus_client.samples import Sample
 
 from resilience._core.errors import ConfigError
 from resilience._export.series import (
+    DURATION,
     ERRORS,
     MODEL_DROPPED,
     OVERFLOWS,
     PROVIDER_FAMILIES,
     RATELIMIT,
     RETRIES,
+    ROUTE_FAILOVERS,
+    ROUTE_HEDGES,
+    ROUTE_REQUESTS,
     SPECS,
     TRANSITIONS,
     Append,
     ModelLabels,
     Series,
+    add_exemplars,
     fixed_series,
     fixed_values,
     full_name,
@@ -126,7 +139,7 @@ class ResilienceCollector(Collector):
         self._names = tuple(name for name, _kind, _doc in self._specs)
         # the fixed series of each provider, built once per name; label dicts are shared by the
         # samples of every scrape and never mutated (providers are capped, so is this cache)
-        self._rows: dict[str, tuple[tuple[float, ...], Series]] = {}
+        self._rows: dict[str, tuple[tuple[tuple[float, ...], tuple[float, ...]], Series]] = {}
         self._model_labels: ModelLabels = {}
         self.collect_errors: dict[str, int] = {}
         self._lock = threading.Lock()
@@ -186,14 +199,20 @@ class ResilienceCollector(Collector):
         extends = [family.samples.extend for family in families]
         providers = self.registry.providers()
         budget = [self.max_model_series, 0]  # model pairs left, pairs dropped
+        durations = families[DURATION].samples
         for provider in providers:
             try:
-                series, values = self._provider_series(provider.snapshot(), budget)
+                snap = provider.snapshot()
+                series, values = self._provider_series(snap, budget)
             except Exception:
                 self._count_collect_error(provider.name)
                 continue
+            start = len(durations)
             series.emit(values, extends)
+            if any(snap.duration_exemplars):
+                add_exemplars(durations, start, snap.duration_exemplars)
         self._add_self_monitoring(appends, providers)
+        self._add_routes(appends)
         if self.model_metrics:
             appends[MODEL_DROPPED](Sample(self._names[MODEL_DROPPED], {}, budget[1]))
         return iter(families)
@@ -204,9 +223,11 @@ class ResilienceCollector(Collector):
     def _provider_series(self, snap: ProviderSnapshot, budget: list[int]) -> tuple[Series, list[float]]:
         """Every series of one provider and its value, computed before anything is appended."""
         les = tuple(le for le, _count in snap.duration_buckets)
+        ttft_les = tuple(le for le, _count in snap.ttft_buckets) or les  # none yet: the same bounds
         cached = self._rows.get(snap.name)
-        if cached is None or cached[0] != les:
-            cached = self._rows[snap.name] = (les, fixed_series(self._names, snap.name, les))
+        if cached is None or cached[0] != (les, ttft_les):
+            series = fixed_series(self._names, snap.name, les, ttft_les)
+            cached = self._rows[snap.name] = ((les, ttft_les), series)
         values = fixed_values(snap)
         if len(cached[1].names) != len(values):
             raise ValueError(f"{len(values)} values for {len(cached[1].names)} series")
@@ -229,6 +250,25 @@ class ResilienceCollector(Collector):
         if self.model_metrics:
             model_series(names, snap, budget, series, values, self._model_labels)
         return series, values
+
+    def _add_routes(self, appends: list[Append]) -> None:
+        """Each route's lifetime counters: calls by outcome, failovers by pair, hedges by result."""
+        names = self._names
+        requests, failovers, hedges = appends[ROUTE_REQUESTS], appends[ROUTE_FAILOVERS], appends[ROUTE_HEDGES]
+        for route in self.registry.routes():
+            try:
+                snap = route.snapshot()
+            except Exception:
+                log.warning("resilience metrics: collecting route %r failed", route.name, exc_info=True)
+                continue
+            name = snap.name
+            for outcome, count in snap.requests_total.items():
+                requests(Sample(names[ROUTE_REQUESTS] + "_total", {"route": name, "outcome": outcome}, count))
+            for (old, new), count in sorted(snap.failovers_total.items()):
+                labels = {"route": name, "from_provider": old, "to_provider": new}
+                failovers(Sample(names[ROUTE_FAILOVERS] + "_total", labels, count))
+            for result, count in snap.hedges_total.items():
+                hedges(Sample(names[ROUTE_HEDGES] + "_total", {"route": name, "result": result}, count))
 
     def _count_collect_error(self, name: str) -> None:
         with self._lock:

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 from functools import partial
 from itertools import islice, repeat
 
-from prometheus_client.samples import Sample
+from prometheus_client.samples import Exemplar, Sample
 from prometheus_client.utils import floatToGoString
 
 from resilience._core.breaker import STATES
@@ -29,8 +29,9 @@ _LE: dict[float, str] = {le: _le_text(le) for le in (*DURATION_BUCKETS, float("i
 _QUANTILES = (("0.5", "p50"), ("0.95", "p95"), ("0.99", "p99"))
 
 # Family indexes, in exposition order.
-(AVAILABILITY, ERROR_RATE, HEALTH, STATE, COST, REQUESTS, TOKENS, RATELIMIT, DURATION, RETRIES, TRANSITIONS,
- OVERFLOWS, ERRORS, MODEL_CALLS, MODEL_ERROR_RATE, MODEL_COST, MODEL_LATENCY, MODEL_DROPPED) = range(18)
+(AVAILABILITY, ERROR_RATE, HEALTH, STATE, COST, REQUESTS, TOKENS, RATELIMIT, DURATION, TTFT, RETRIES,
+ TRANSITIONS, OVERFLOWS, ERRORS, DEADLINES, ROUTE_REQUESTS, ROUTE_FAILOVERS, ROUTE_HEDGES,
+ MODEL_CALLS, MODEL_ERROR_RATE, MODEL_COST, MODEL_LATENCY, MODEL_DROPPED) = range(23)
 
 # (name; "=" marks the two names the namespace leaves alone, type, help) by family index
 SPECS: tuple[tuple[str, str, str], ...] = (
@@ -50,11 +51,20 @@ SPECS: tuple[tuple[str, str, str], ...] = (
      "Requests or tokens left in the provider's quota, as its latest response's rate-limit headers said."),
     ("provider_request_duration_seconds", "histogram",
      "Duration of attempts that reached the provider, seconds."),
+    ("provider_time_to_first_token_seconds", "histogram",
+     "Time from the start of a streamed (SSE) attempt to its first content event, seconds."),
     ("provider_retries", "counter", "Retries by reason since start."),
     ("circuit_breaker_transitions", "counter", "Breaker state transitions since start."),
     ("resilience_label_overflows", "counter",
      "Provider or model names folded into 'other' because a cap was reached."),
     ("resilience_errors", "counter", "Instrumentation errors by kind (the calls went on)."),
+    ("provider_deadline_exceeded", "counter", "Calls to the provider cut by their deadline since start."),
+    ("route_requests", "counter",
+     "Route calls by outcome since start (rejected: no target admitted the call)."),
+    ("route_failovers", "counter",
+     "Moves of a route call from one target's provider to the next since start."),
+    ("route_hedges", "counter",
+     "Hedges a route started since start, by result (won: the hedge committed first)."),
     ("model_calls", "gauge", "Attempts that reached the provider for this model over the stats window."),
     ("model_error_rate", "gauge", "Error rate of the model over the stats window."),
     ("model_cost_usd", "gauge", "USD spent on the model over the stats window."),
@@ -118,8 +128,13 @@ def full_name(name: str, namespace: str) -> str:
     return f"{namespace}_{name}" if namespace else name
 
 
-def fixed_series(names: tuple[str, ...], provider: str, les: tuple[float, ...]) -> Series:
-    """The series every provider has, in the order of :func:`fixed_values`."""
+def fixed_series(
+    names: tuple[str, ...], provider: str, les: tuple[float, ...], ttft_les: tuple[float, ...] | None = None
+) -> Series:
+    """The series every provider has, in the order of :func:`fixed_values`.
+
+    ``ttft_les`` are the time-to-first-token bounds (``les`` when ``None``).
+    """
     one = {"provider": provider}
     series = Series()
     for index in (AVAILABILITY, ERROR_RATE, HEALTH):
@@ -136,6 +151,12 @@ def fixed_series(names: tuple[str, ...], provider: str, les: tuple[float, ...]) 
         series.add(DURATION, duration + "_bucket", {"provider": provider, "le": _LE.get(le) or _le_text(le)})
     series.add(DURATION, duration + "_count", one)
     series.add(DURATION, duration + "_sum", one)
+    ttft = names[TTFT]
+    for le in les if ttft_les is None else ttft_les:
+        series.add(TTFT, ttft + "_bucket", {"provider": provider, "le": _LE.get(le) or _le_text(le)})
+    series.add(TTFT, ttft + "_count", one)
+    series.add(TTFT, ttft + "_sum", one)
+    series.add(DEADLINES, names[DEADLINES] + "_total", one)
     return series
 
 
@@ -143,6 +164,8 @@ def fixed_values(snap: ProviderSnapshot) -> list[float]:
     """The values of :func:`fixed_series`; the histogram's count is its ``+Inf`` bucket."""
     state, requests = snap.state, snap.requests_total
     buckets = [count for _le, count in snap.duration_buckets]
+    # no time to first token recorded yet: the duration histogram's bounds, all zero
+    ttft = [count for _le, count in snap.ttft_buckets] or [0] * len(buckets)
     return [
         snap.availability, snap.error_rate, snap.health_score,
         *[1.0 if s == state else 0.0 for s in STATES],
@@ -150,7 +173,28 @@ def fixed_values(snap: ProviderSnapshot) -> list[float]:
         *[requests.get(o, 0) for o in OUTCOMES],
         *snap.tokens_total,
         *buckets, buckets[-1], snap.duration_sum,
+        *ttft, ttft[-1], snap.ttft_sum,
+        snap.deadline_exceeded_total,
     ]
+
+
+def add_exemplars(
+    samples: list[Sample], start: int, exemplars: tuple[tuple[str, float, float] | None, ...]
+) -> None:
+    """Give the ``_bucket`` samples appended to ``samples`` from ``start`` on their ``trace_id`` exemplars.
+
+    ``exemplars`` is ``ProviderSnapshot.duration_exemplars``, in bucket order.
+    Only the OpenMetrics exposition shows them.
+    """
+    found = iter(exemplars)
+    for index in range(start, len(samples)):
+        sample = samples[index]
+        if not sample.name.endswith("_bucket"):
+            continue
+        exemplar = next(found, None)
+        if exemplar is not None:
+            trace_id, value, timestamp = exemplar
+            samples[index] = sample._replace(exemplar=Exemplar({"trace_id": trace_id}, value, timestamp))
 
 
 ModelLabels = dict[tuple[str, str], tuple[dict[str, str], ...]]

@@ -21,7 +21,7 @@ from resilience._core.cost import NO_COST, CostResult, attempt_cost, usage_resul
 from resilience._core.errors import CircuitOpenError
 from resilience._core.provider import Provider
 from resilience._core.window import TimeWindow
-from resilience._http.inspect import MALFORMED, BodyInspector, whole_body_usage
+from resilience._http.inspect import MALFORMED, BodyInspector, whole_body
 
 if TYPE_CHECKING:
     from resilience._http.call import Call
@@ -44,7 +44,15 @@ class Attempt:
     """For the breaker (429/503 only)."""
     wait_hint: float | None = None
     """``Retry-After`` seconds, for the backoff."""
+    delay: float | None = None
+    """The wait chosen before the retry that follows this attempt."""
     inspector: BodyInspector | None = None
+    body: tuple[Mapping[str, Any] | None, str | None, str | None] | None = None
+    """``(usage, problem, in-band error)`` of a body the call read whole before returning it."""
+    ttft: float | None = None
+    """Seconds from the start to the first content event (SSE responses)."""
+    lost = False
+    """A hedged attempt that lost its race: its record counts in neither calls nor failures."""
     done = False
 
     def __init__(self, call: Call, permit: int, start: float, number: int) -> None:
@@ -59,6 +67,8 @@ class Attempt:
         if not self.done:
             self.done = True
             self.provider.release(self.permit)
+            if self.lost and self.call.stats is not None:
+                self.call.stats.add_attempt(self.provider.name)
 
     def abandon(self) -> None:
         """The response was dropped unfinished and is being collected: free the permit, lock-free."""
@@ -77,26 +87,43 @@ class Attempt:
             return
         self.done = True
         usage: Mapping[str, Any] | None = None
-        problem = None
-        if costed and self.inspector is not None:
-            usage, problem = self.inspector.result(complete)
-        self._record(failed, costed, usage, problem, judged)
+        problem = in_band = None
+        body = self.body
+        if body is not None:  # read whole: its cost is known even when it is discarded for a retry
+            usage, problem, in_band = body
+            costed = True
+        else:
+            inspector = self.inspector
+            if inspector is not None:
+                if costed:
+                    usage, problem = inspector.result(complete)
+                in_band = inspector.in_band
+                if in_band is not None and inspector.sse:
+                    self.outcome = in_band  # an SSE error event rules, whatever the status
+                    in_band = None
+        self._record(failed, costed, usage, problem, judged, in_band)
 
     def finish_body(self, body: bytes) -> None:
         """Record a response whose body was already in memory."""
         if self.done or self.response is None:
             return
-        self.done = True
-        usage, problem = whole_body_usage(self.response.headers, body)
-        self._record(False, True, usage, problem, True)
+        if self.body is None:
+            self.body = whole_body(self.response.headers, body)
+        self.finish()
 
     def _record(
-        self, failed: bool, costed: bool, usage: Mapping[str, Any] | None, problem: str | None, judged: bool
+        self, failed: bool, costed: bool, usage: Mapping[str, Any] | None, problem: str | None, judged: bool,
+        in_band: str | None = None,
     ) -> None:
         provider = self.provider
+        if self.lost:
+            self._lose(usage, problem)
+            return
         try:
             now = provider.clock()
             outcome = "failure" if failed or self.error is not None else self.outcome
+            if in_band is not None and outcome == "success":
+                outcome = in_band  # a 200 whose body is an error
             cost = NO_COST
             if costed and self.response is not None and (usage is not None or problem is not None
                                                          or provider.policy.cost is not None):
@@ -105,7 +132,8 @@ class Attempt:
             headers_at = self.headers_at  # set for streamed bodies only
             to_headers = None if headers_at is None else headers_at - self.start
             call = self.call
-            if outcome == "success" and judged and not cost.unknown:
+            ttft = self.ttft
+            if outcome == "success" and judged and not cost.unknown and ttft is None:
                 provider.record_success(
                     self.permit, duration, now, call.model, to_headers, cost.cost, cost.input_tokens,
                     cost.output_tokens,
@@ -115,13 +143,36 @@ class Attempt:
                     self.permit, outcome, duration, model=call.model, cost=cost.cost,
                     cost_unknown=cost.unknown, input_tokens=cost.input_tokens,
                     output_tokens=cost.output_tokens, retry_after=self.retry_after,
-                    time_to_headers=to_headers, now=now, judged=judged,
+                    time_to_headers=to_headers, now=now, judged=judged, ttft=ttft,
                 )
             stats = call.stats
             if stats is not None:
                 stats.add_attempt(provider.name, cost=cost.cost, retry=self.number > 1)
+            trace = call.trace
+            if trace is not None:
+                trace.recorded(provider, outcome, duration, cost)
+                if call.final is self:
+                    trace.end(None)
         except Exception:  # instrumentation never breaks a call
             log.exception("recording an attempt to %s failed", provider.name)
+            provider.count_error("record")
+
+    def _lose(self, usage: Mapping[str, Any] | None, problem: str | None) -> None:
+        """A lost hedge: the permit back, no verdict and no call counted; its cost, when known, added."""
+        provider = self.provider
+        try:
+            cost = NO_COST
+            if self.response is not None and (usage is not None or provider.policy.cost is not None):
+                cost = self._cost(usage, problem)
+            provider.record_lost(self.permit, cost.cost, cost.input_tokens, cost.output_tokens)
+            if self.call.trace is not None:
+                self.call.trace.attempts += 1
+                self.call.trace.spent(cost)
+            stats = self.call.stats
+            if stats is not None and cost.cost is not None:
+                stats.add_attempt(provider.name, cost=cost.cost)
+        except Exception:  # instrumentation never breaks a call
+            log.exception("recording a lost attempt to %s failed", provider.name)
             provider.count_error("record")
 
     def _cost(self, usage: Mapping[str, Any] | None, problem: str | None) -> CostResult:

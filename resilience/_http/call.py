@@ -17,28 +17,36 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
+import anyio
 import httpx2
 
 from resilience._core import clock as _clock
 from resilience._core import context as _context
 from resilience._core.clock import AsyncSleep, Sleep
 from resilience._core.config import RetryPolicy
-from resilience._core.context import RequestStats
+from resilience._core.deadline import Deadline
 from resilience._core.errors import CircuitOpenError
 from resilience._core.quota import Limits
 from resilience._core.retry import RetryBudget, parse_retry_after
 from resilience._core.window import TimeWindow
-from resilience._http import ratelimit
+from resilience._http import ratelimit, tracing
 from resilience._http.attempt import Attempt, admit
+from resilience._http.deadline import call_deadline, cap_timeouts, exceeded
+from resilience._http.errors import DeadlineExceededError
 from resilience._http.inspect import BodyInspector, header_triples, in_memory_body
 from resilience._http.loop import retry_async, retry_sync
+from resilience._http.observe import CallTrace
 from resilience._http.resolve import model_from_body
 from resilience._http.stacks import Stack
 from resilience._http.stale import send_watching_async, send_watching_sync
 from resilience._http.stream import AsyncRecordingStream, SyncRecordingStream
+from resilience._http.whole import read_async, read_sync, small_json
 
 if TYPE_CHECKING:
     from resilience._http.transport import ResilientTransport
+
+DEADLINE_SLACK = 0.005
+"""A timeout this close to the deadline (seconds) is the deadline's: the capped timeouts fired."""
 
 SyncSend = Callable[[httpx2.Request], httpx2.Response]
 AsyncSend = Callable[[httpx2.Request], Awaitable[httpx2.Response]]
@@ -48,8 +56,8 @@ class Call:
     """The state of one call; see the module docstring."""
 
     __slots__ = (
-        "budgets", "model", "model_name", "provider", "request", "stack", "stale_done", "stats",
-        "traced",
+        "budgets", "deadline", "final", "model", "model_name", "provider", "request", "stack", "stale_done",
+        "stats", "trace", "traced",
     )
 
     def __init__(
@@ -78,24 +86,43 @@ class Call:
         self.model: TimeWindow | None = None
         if name is not None:
             self.model = provider._models.get(name) or provider.model_window(name)
-        self.stats: RequestStats | None = _context._current.get() if _context.opened else None
+        stats = self.stats = _context._current.get() if _context.opened else None
         self.stale_done = False
+        self.trace: CallTrace | None = None
+        """The call's span and what its attempts told it, when a tracer provider is set."""
+        self.final: Attempt | None = None
+        """The attempt whose response the caller got: its record ends the span."""
+        self.deadline: Deadline | None = None
+        seconds = provider.policy.deadline_seconds
+        if "deadline" in extensions or seconds is not None or (stats is not None and stats.deadline):
+            self.deadline = call_deadline(request, seconds, None, provider.clock(), stats)
 
     @property
     def retry(self) -> RetryPolicy:
         """The provider's retry policy."""
         return self.provider.policy.retry
 
-    def held(self, now: float) -> CircuitOpenError:
+    def held(self, now: float, retry_after: float) -> CircuitOpenError:
         """The call, held back by the provider's exhausted quota (``hold_when_exhausted``)."""
         stats = self.stats
         if stats is not None:
             stats.add_rejection(self.provider.name)
-        return self.provider.hold(now, self.model)
+        return self.provider.hold(now, self.model, retry_after)
 
     def failed(self, attempt: Attempt, exc: Exception) -> Attempt:
-        """An attempt that raised: a failure recorded at once (unless the request never left)."""
+        """An attempt that raised: a failure recorded at once (unless the request never left).
+
+        A timeout at the call's deadline is the deadline's, not the
+        provider's: the attempt is let go and :class:`DeadlineExceededError` raised.
+        """
         stack = self.stack
+        deadline = self.deadline
+        if deadline is not None and (
+            isinstance(exc, DeadlineExceededError)
+            or (isinstance(exc, stack.timeout_error) and deadline.at - self.provider.clock() < DEADLINE_SLACK)
+        ):
+            attempt.release()
+            raise exc if isinstance(exc, DeadlineExceededError) else self.exceeded() from exc
         if isinstance(exc, stack.not_sent):
             attempt.release()
             raise exc
@@ -151,10 +178,17 @@ class Call:
         return send_watching_sync(send, self.request, self.stack, self.may_resend)
 
     async def send_async(self, send: AsyncSend) -> httpx2.Response:
-        """:meth:`send_sync` for async transports."""
-        if not self.traced:
-            return await send(self.request)
-        return await send_watching_async(send, self.request, self.stack, self.may_resend)
+        """:meth:`send_sync` for async transports; with a deadline, cut by a timer at it."""
+        deadline = self.deadline
+        if deadline is None:
+            if not self.traced:
+                return await send(self.request)
+            return await send_watching_async(send, self.request, self.stack, self.may_resend)
+        with anyio.move_on_after(deadline.at - self.provider.clock()):
+            if not self.traced:
+                return await send(self.request)
+            return await send_watching_async(send, self.request, self.stack, self.may_resend)
+        raise self.exceeded()  # the timer fired: the attempt is let go by failed()
 
     def may_resend(self) -> bool:
         """The request provably never reached the provider whole: resend it (once a call)?"""
@@ -170,47 +204,135 @@ class Call:
         """Run the call to its response (or raise its last error)."""
         provider = self.provider
         now = provider.clock()
-        if now < provider._held_until:  # an exhausted quota: held, no network
-            raise self.held(now)
-        permit = provider._breaker.closed_permit  # admission, inlined
-        if permit < 0:
-            permit = admit(provider, self.model, self.stats)
-        attempt = Attempt(self, permit, now, 1)
-        try:  # send_sync, inlined
-            if self.traced:
-                response = send_watching_sync(send, self.request, self.stack, self.may_resend)
+        span = tracing.start(provider.name, model=self.model_name, route=None)
+        if span is not None:
+            self.trace = CallTrace(span)
+        try:
+            if self.deadline is not None:
+                self.starting(now)
+            if provider.holds and (wait := provider.quota_gate(now)) is not None:
+                raise self.held(now, wait)  # an exhausted quota: held, no network
+            permit = provider._breaker.closed_permit  # admission, inlined
+            if permit < 0:
+                permit = self.admit()
+            attempt = Attempt(self, permit, now, 1)
+            try:  # send_sync, inlined
+                if self.traced:
+                    response = send_watching_sync(send, self.request, self.stack, self.may_resend)
+                else:
+                    response = send(self.request)
+            except BaseException as exc:
+                attempt = self.first_failed(attempt, exc)
             else:
-                response = send(self.request)
+                attempt = self.responded(attempt, response)
+                if attempt.outcome == "success" and self.retry.attempts > 1 and self.wants_body(response):
+                    attempt = self.read_sync(attempt)
+            if attempt.reason is not None and self.retry.attempts > 1:
+                attempt = retry_sync(self, attempt, send, sleep)
+            return self.deliver(attempt, SyncRecordingStream)
         except BaseException as exc:
-            attempt = self.first_failed(attempt, exc)
-        else:
-            attempt = self.responded(attempt, response)
-        if attempt.reason is not None and self.retry.attempts > 1:
-            attempt = retry_sync(self, attempt, send, sleep)
-        return self.deliver(attempt, SyncRecordingStream)
+            if self.trace is not None:
+                self.trace.end(exc)
+            raise
 
     async def run_async(self, send: AsyncSend, sleep: AsyncSleep) -> httpx2.Response:
         """:meth:`run_sync` for async transports."""
         provider = self.provider
         now = provider.clock()
-        if now < provider._held_until:  # an exhausted quota: held, no network
-            raise self.held(now)
-        permit = provider._breaker.closed_permit  # admission, inlined
-        if permit < 0:
-            permit = admit(provider, self.model, self.stats)
-        attempt = Attempt(self, permit, now, 1)
-        try:  # send_async, inlined
-            if self.traced:
-                response = await send_watching_async(send, self.request, self.stack, self.may_resend)
+        span = tracing.start(provider.name, model=self.model_name, route=None)
+        if span is not None:
+            self.trace = CallTrace(span)
+        try:
+            if self.deadline is not None:
+                self.starting(now)
+            if provider.holds and (wait := provider.quota_gate(now)) is not None:
+                raise self.held(now, wait)  # an exhausted quota: held, no network
+            permit = provider._breaker.closed_permit  # admission, inlined
+            if permit < 0:
+                permit = self.admit()
+            attempt = Attempt(self, permit, now, 1)
+            try:  # send_async, inlined
+                if self.deadline is not None:
+                    response = await self.send_async(send)
+                elif self.traced:
+                    response = await send_watching_async(send, self.request, self.stack, self.may_resend)
+                else:
+                    response = await send(self.request)
+            except BaseException as exc:
+                attempt = self.first_failed(attempt, exc)
             else:
-                response = await send(self.request)
+                attempt = self.responded(attempt, response)
+                if attempt.outcome == "success" and self.retry.attempts > 1 and self.wants_body(response):
+                    attempt = await self.read_async(attempt)
+            if attempt.reason is not None and self.retry.attempts > 1:
+                attempt = await retry_async(self, attempt, send, sleep)
+            return self.deliver(attempt, AsyncRecordingStream)
         except BaseException as exc:
-            attempt = self.first_failed(attempt, exc)
-        else:
-            attempt = self.responded(attempt, response)
-        if attempt.reason is not None and self.retry.attempts > 1:
-            attempt = await retry_async(self, attempt, send, sleep)
-        return self.deliver(attempt, AsyncRecordingStream)
+            if self.trace is not None:
+                self.trace.end(exc)
+            raise
+
+    # -- admission and the deadline ------------------------------------------------
+
+    def admit(self) -> int:
+        """A permit from the provider's breaker; a rejection is on the span too."""
+        try:
+            return admit(self.provider, self.model, self.stats)
+        except CircuitOpenError as exc:
+            if self.trace is not None:
+                self.trace.span.rejected(exc.provider, exc.retry_after)
+            raise
+
+    def starting(self, now: float) -> None:
+        """An attempt starts at ``now``: past the deadline it raises, else its timeouts are capped."""
+        deadline = self.deadline
+        assert deadline is not None
+        left = deadline.at - now
+        if left <= 0:
+            raise self.exceeded()
+        cap_timeouts(self.request, left)
+
+    def exceeded(self) -> DeadlineExceededError:
+        """The call's deadline has passed: counted, on the span, the error to raise."""
+        deadline = self.deadline
+        assert deadline is not None
+        self.provider.count_deadline_exceeded()
+        if self.trace is not None:
+            self.trace.span.deadline_exceeded()
+        return exceeded(self.stack, deadline, self.provider.name, self.request)
+
+    # -- bodies read whole: an in-band error can still be retried ------------------
+
+    def wants_body(self, response: httpx2.Response) -> bool:
+        """Whether to read a success's body before returning: a small JSON one, and a retry possible."""
+        request = self.request
+        return (
+            self.retry.retries_method(request.method)
+            and request.stream.__class__ is self.stack.byte_stream
+            and small_json(response, self.stack)
+        )
+
+    def read_sync(self, attempt: Attempt) -> Attempt:
+        """Read the body whole (:mod:`resilience._http.whole`); a read that fails is a failed attempt."""
+        try:
+            read_sync(attempt, self.stack)
+        except Exception as exc:
+            return self.failed(attempt, exc)
+        except BaseException:
+            attempt.release()
+            raise
+        return attempt
+
+    async def read_async(self, attempt: Attempt) -> Attempt:
+        """:meth:`read_sync` for async transports."""
+        try:
+            await read_async(attempt, self.stack)
+        except Exception as exc:
+            return self.failed(attempt, exc)
+        except BaseException:
+            attempt.release()
+            raise
+        return attempt
 
     def first_failed(self, attempt: Attempt, exc: BaseException) -> Attempt:
         """The first attempt raised: a failed attempt, or (cancelled) the permit back and re-raise."""
@@ -228,8 +350,11 @@ class Call:
         response = attempt.response
         if response is None:  # pragma: no cover - an attempt ends in a response or an error
             raise RuntimeError("an attempt ended with neither a response nor an error")
-        if attempt.done:
-            return response  # recorded already: the breaker ended the retries
+        self.final = attempt
+        if attempt.done:  # recorded already: the breaker ended the retries
+            if self.trace is not None:
+                self.trace.end(None)
+            return response
         stream = response.stream
         if stream.__class__ is self.stack.byte_stream:
             attempt.headers_at = None  # not streamed: the body is already here

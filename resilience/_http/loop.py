@@ -21,7 +21,8 @@ from resilience._core.clock import AsyncSleep, Sleep
 from resilience._core.errors import CircuitOpenError
 from resilience._core.retry import async_retrying, backoff, budget_for, sync_retrying
 from resilience._core.window import REJECTED
-from resilience._http.attempt import Attempt, admit
+from resilience._http.attempt import Attempt
+from resilience._http.deadline import cap_timeouts
 
 if TYPE_CHECKING:
     from resilience._http.call import AsyncSend, Call, SyncSend
@@ -80,8 +81,8 @@ def next_attempt_sync(call: Call, send: SyncSend, previous: Attempt) -> Attempt:
     """Admit, send and classify a retry; a rejection hands ``previous`` back as final."""
     try:
         permit = admit_retry(call)
-    except CircuitOpenError:
-        previous.reason = None  # the breaker (or the quota) ended the loop: the last result goes back
+    except (CircuitOpenError, _PastDeadline):
+        previous.reason = None  # the breaker, the quota or the deadline ended the loop: the last result
         return previous
     attempt = Attempt(call, permit, call.provider.clock(), previous.number + 1)
     try:
@@ -93,14 +94,17 @@ def next_attempt_sync(call: Call, send: SyncSend, previous: Attempt) -> Attempt:
     except BaseException:
         attempt.release()
         raise
-    return call.responded(attempt, response)
+    attempt = call.responded(attempt, response)
+    if attempt.outcome == "success" and call.wants_body(response):
+        attempt = call.read_sync(attempt)
+    return attempt
 
 
 async def next_attempt_async(call: Call, send: AsyncSend, previous: Attempt) -> Attempt:
     """:func:`next_attempt_sync` for async transports."""
     try:
         permit = admit_retry(call)
-    except CircuitOpenError:
+    except (CircuitOpenError, _PastDeadline):
         previous.reason = None
         return previous
     attempt = Attempt(call, permit, call.provider.clock(), previous.number + 1)
@@ -113,7 +117,14 @@ async def next_attempt_async(call: Call, send: AsyncSend, previous: Attempt) -> 
     except BaseException:
         attempt.release()
         raise
-    return call.responded(attempt, response)
+    attempt = call.responded(attempt, response)
+    if attempt.outcome == "success" and call.wants_body(response):
+        attempt = await call.read_async(attempt)
+    return attempt
+
+
+class _PastDeadline(Exception):
+    """The deadline has passed before a retry could start."""
 
 
 def admit_retry(call: Call) -> int:
@@ -124,9 +135,14 @@ def admit_retry(call: Call) -> int:
     """
     provider = call.provider
     now = provider.clock()
-    if now < provider._held_until:
-        raise call.held(now)
-    return admit(provider, call.model, call.stats)
+    deadline = call.deadline
+    if deadline is not None:
+        if deadline.at <= now:
+            raise _PastDeadline  # no retry starts past the deadline: the last result goes back
+        cap_timeouts(call.request, deadline.at - now)
+    if provider.holds and (wait := provider.quota_gate(now)) is not None:
+        raise call.held(now, wait)
+    return call.admit()
 
 
 def wants_retry(call: Call, attempt: Attempt) -> bool:
@@ -140,6 +156,10 @@ def wants_retry(call: Call, attempt: Attempt) -> bool:
     hint = attempt.wait_hint
     if hint is not None and retry.respect_retry_after and hint > retry.max_retry_after_seconds:  # type: ignore[operator]  # float
         return False  # too long to wait: the response goes back at once
+    delay = hint if hint is not None and retry.respect_retry_after else backoff(retry, attempt.number)
+    deadline = call.deadline
+    if deadline is not None and call.provider.clock() + delay >= deadline.at:
+        return False  # the wait would cross the deadline: the last result goes back at once
     if attempt.response is not None:
         attempt.headers_at = None
         attempt.finish(costed=False)  # discarded: recorded at its headers
@@ -147,6 +167,9 @@ def wants_retry(call: Call, attempt: Attempt) -> bool:
     if provider.state in (OPEN, FORCED_OPEN) or not spend(call):
         return False
     provider.count_retry(attempt.reason)
+    attempt.delay = delay
+    if call.trace is not None:
+        call.trace.span.retry(provider.name, attempt.number + 1, attempt.reason, delay)
     return True
 
 
@@ -160,7 +183,12 @@ def spend(call: Call) -> bool:
 
 
 def wait(call: Call, attempt: Attempt, number: int) -> float:
-    """Seconds before retry ``number``: ``Retry-After`` when asked, else backoff with jitter."""
+    """Seconds before retry ``number``: ``Retry-After`` when asked, else backoff with jitter.
+
+    :func:`wants_retry` chose it (to hold it against the deadline); this only returns it.
+    """
+    if attempt.delay is not None:
+        return attempt.delay
     hint = attempt.wait_hint
     if hint is not None and call.retry.respect_retry_after:
         return hint

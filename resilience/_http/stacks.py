@@ -22,7 +22,12 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import httpx2
 
-from resilience._http.errors import HttpxStreamTimeoutError, StreamTimeoutError
+from resilience._http.errors import (
+    DeadlineExceededError,
+    HttpxDeadlineExceededError,
+    HttpxStreamTimeoutError,
+    StreamTimeoutError,
+)
 
 if TYPE_CHECKING:
     from typing import TypeAlias
@@ -62,6 +67,8 @@ class Stack:
     ``ssl.SSLError`` and ``anyio.EndOfStream`` from a TLS failure through): retried as transport errors."""
     timeout_error: type[Exception]
     stream_timeout: type[StreamTimeoutError]
+    deadline_exceeded: type[DeadlineExceededError]
+    """Built as ``stack.deadline_exceeded(message, request=..., deadline=..., provider=...)``."""
     http_transports: tuple[type, ...]
     """The stack's own (httpcore-backed) transports, whose connection reuse can be traced."""
 
@@ -71,7 +78,12 @@ class Stack:
         return module.HTTPTransport() if sync else module.AsyncHTTPTransport()
 
 
-def _stack(name: str, module: Any, stream_timeout: type[StreamTimeoutError]) -> Stack:
+def _stack(
+    name: str,
+    module: Any,
+    stream_timeout: type[StreamTimeoutError],
+    deadline_exceeded: type[DeadlineExceededError],
+) -> Stack:
     return Stack(
         name=name,
         module=module,
@@ -81,15 +93,17 @@ def _stack(name: str, module: Any, stream_timeout: type[StreamTimeoutError]) -> 
         transport_errors=(module.TransportError, ssl.SSLError, anyio.EndOfStream),
         timeout_error=module.TimeoutException,
         stream_timeout=stream_timeout,
+        deadline_exceeded=deadline_exceeded,
         http_transports=(module.HTTPTransport, module.AsyncHTTPTransport),
     )
 
 
-HTTPX2 = _stack("httpx2", httpx2, StreamTimeoutError)
+HTTPX2 = _stack("httpx2", httpx2, StreamTimeoutError, DeadlineExceededError)
 HTTPX: Stack | None = None
 if httpx is not None and httpx is not httpx2:
-    assert HttpxStreamTimeoutError is not None  # defined whenever httpx is a stack of its own
-    HTTPX = _stack("httpx", httpx, HttpxStreamTimeoutError)
+    # defined whenever httpx is a stack of its own
+    assert HttpxStreamTimeoutError is not None and HttpxDeadlineExceededError is not None
+    HTTPX = _stack("httpx", httpx, HttpxStreamTimeoutError, HttpxDeadlineExceededError)
 
 STACKS: tuple[Stack, ...] = (HTTPX2,) if HTTPX is None else (HTTPX2, HTTPX)
 BY_REQUEST: dict[type, Stack] = {s.module.Request: s for s in STACKS}

@@ -9,18 +9,26 @@ usage seen so far, but gives the breaker no verdict: its half-open trial
 slot goes back. httpx reads non-streamed bodies through
 the same wrapper, so ``client.get(...)`` is covered too.
 
-Streaming timeouts, from the provider's policy, are measured from the moment
-the caller asks for the next chunk:
+Streaming timeouts, from the provider's policy:
 
-* ``first_byte_timeout``: the wait for the first body chunk;
-* ``idle_timeout``: the wait for each later chunk.
+* ``first_byte_timeout``: the wait for the first body chunk of any kind,
+  from the moment the caller asks for it;
+* ``first_token_timeout``: from the start of the attempt to its first
+  content event (SSE: keepalives and error events are not content; other
+  streams: any body bytes);
+* ``idle_timeout``: each wait for the next content event while the caller
+  reads (for other streams, the next chunk). Keepalives end neither wait,
+  so a stream that only pings is cut.
 
 A breach is a ``failure`` and raises :class:`resilience.StreamTimeoutError`.
-Async streams enforce both with a real timer (anyio) around each read, and
+Async streams enforce them with a real timer (anyio) around each read, and
 also check the registry clock when a chunk arrives. Sync streams cannot
 interrupt a blocking read: they check the registry clock when a chunk
-arrives (a late chunk is a breach, but a read that never returns is bounded
-only by httpx's own read timeout).
+arrives (a late chunk, or a keepalive past the limit, is a breach; a read
+that never returns is bounded only by httpx's own read timeout).
+
+For SSE responses the time to the first content event is the attempt's
+time to first token (:attr:`Attempt.ttft`).
 """
 
 from __future__ import annotations
@@ -32,7 +40,7 @@ import anyio
 import httpx2
 
 from resilience._http.attempt import Attempt
-from resilience._http.errors import StreamTimeoutError
+from resilience._http.errors import DeadlineExceededError, StreamTimeoutError
 from resilience._http.stacks import ASYNC_STREAM_BASES, SYNC_STREAM_BASES
 
 if TYPE_CHECKING:
@@ -43,30 +51,94 @@ else:  # both stacks' stream classes, so either client accepts the response
     _AsyncBase = type("_AsyncBase", ASYNC_STREAM_BASES, {})
 
 
-class _Timeouts:
-    __slots__ = ("first", "idle")
+class _Watch:
+    """The stream timers and the first-token clock of one attempt's body."""
 
-    def __init__(self, first: float | None, idle: float | None) -> None:
-        self.first = first
-        self.idle = idle
+    __slots__ = (
+        "attempt", "clock", "content", "deadline", "first_byte", "first_token", "got_bytes", "idle",
+        "inspector", "sse", "wait_from",
+    )
+
+    def __init__(self, attempt: Attempt, first_byte: float | None, first_token: float | None,
+                 idle: float | None) -> None:
+        self.attempt = attempt
+        self.clock = attempt.provider.clock
+        self.inspector = attempt.inspector
+        self.sse = self.inspector is not None and self.inspector.sse
+        self.first_byte, self.first_token, self.idle = first_byte, first_token, idle
+        self.got_bytes = self.content = False
+        self.wait_from: float | None = None  # when the caller began waiting for the next content event
+        deadline = attempt.call.deadline
+        self.deadline = None if deadline is None else deadline.at
 
     @classmethod
-    def of(cls, attempt: Attempt) -> _Timeouts | None:
-        """The attempt's streaming timeouts, or ``None`` when its policy sets none."""
+    def of(cls, attempt: Attempt) -> _Watch | None:
+        """The attempt's streaming timers, or ``None`` when its policy sets none."""
         policy = attempt.provider.policy
-        first, idle = policy.first_byte_timeout, policy.idle_timeout
-        return None if first is None and idle is None else cls(first, idle)
+        first, token, idle = policy.first_byte_timeout, policy.first_token_timeout, policy.idle_timeout
+        if first is None and token is None and idle is None and attempt.call.deadline is None:
+            return None
+        return cls(attempt, first, token, idle)
 
-    @staticmethod
-    def breach(attempt: Attempt, first: bool, limit: float) -> StreamTimeoutError:
+    def limit(self, asked: float) -> tuple[float, str] | None:
+        """The soonest limit on the read the caller asked for at ``asked``: (clock time, what)."""
+        soonest: tuple[float, str] | None = None
+        if not self.got_bytes and self.first_byte is not None:
+            soonest = (asked + self.first_byte, "first_byte")
+        if not self.content and self.first_token is not None:
+            at = self.attempt.start + self.first_token
+            if soonest is None or at < soonest[0]:
+                soonest = (at, "first_token")
+        if self.got_bytes and self.idle is not None:
+            if self.wait_from is None:
+                self.wait_from = asked
+            at = self.wait_from + self.idle
+            if soonest is None or at < soonest[0]:
+                soonest = (at, "idle")
+        deadline = self.deadline
+        if deadline is not None and (soonest is None or deadline < soonest[0]):
+            soonest = (deadline, "deadline")
+        return soonest
+
+    def took(self, chunk: bytes) -> None:
+        """A chunk arrived: feed the inspector; a content event resets the idle wait."""
+        self.got_bytes = True
+        inspector = self.inspector
+        content = inspector.feed(chunk) if inspector is not None else bool(chunk)
+        if content:
+            self.wait_from = None
+            if not self.content:
+                self.content = True
+                if self.sse:
+                    self.attempt.ttft = self.clock() - self.attempt.start
+
+    def breach(self, what: str) -> StreamTimeoutError | DeadlineExceededError:
+        attempt = self.attempt
+        if what == "deadline":
+            return attempt.call.exceeded()
         name = attempt.provider.name
-        message = (
-            f"{name}: first body chunk not received within {limit:g}s"
-            if first
-            else f"{name}: no body chunk for {limit:g}s"
-        )
+        if what == "first_byte":
+            message = f"{name}: first body chunk not received within {self.first_byte:g}s"
+        elif what == "first_token":
+            message = f"{name}: no first content event within {self.first_token:g}s of the attempt's start"
+        else:
+            message = f"{name}: no body chunk for {self.idle:g}s" + (
+                " with a content event (keepalives do not count)" if self.sse else ""
+            )
         call = attempt.call
         return call.stack.stream_timeout(message, request=call.request)
+
+
+def _cut(attempt: Attempt, exc: DeadlineExceededError) -> None:
+    """A stream cut by the call's deadline: let go, counted in neither calls nor failures."""
+    attempt.release()
+    trace = attempt.call.trace
+    if trace is not None:
+        trace.end(exc)
+
+
+def _first_token(attempt: Attempt) -> None:
+    attempt.ttft = attempt.provider.clock() - attempt.start
 
 
 class SyncRecordingStream(_SyncBase):
@@ -75,27 +147,36 @@ class SyncRecordingStream(_SyncBase):
     def __init__(self, inner: httpx2.SyncByteStream, attempt: Attempt) -> None:
         self._inner = inner
         self._attempt = attempt
-        self._timeouts = _Timeouts.of(attempt)
+        self._watch = _Watch.of(attempt)
 
     def __iter__(self) -> Iterator[bytes]:
-        attempt, timeouts = self._attempt, self._timeouts
+        attempt, watch = self._attempt, self._watch
         inspector = attempt.inspector
         try:
-            if timeouts is None:
+            if watch is None:
+                first_token = inspector is not None and inspector.sse
                 for chunk in self._inner:
-                    if inspector is not None:
-                        inspector.feed(chunk)
+                    if inspector is not None and inspector.feed(chunk) and first_token:
+                        first_token = False
+                        _first_token(attempt)
                     yield chunk
             else:
+                clock = watch.clock
                 chunks = iter(self._inner)
-                limit, first = timeouts.first, True
-                while (piece := self._next(chunks, limit, first)) is not None:
-                    if inspector is not None:
-                        inspector.feed(piece)
+                while True:
+                    limit = watch.limit(clock())
+                    piece = next(chunks, None)
+                    if piece is None:
+                        break
+                    if limit is not None and clock() > limit[0]:
+                        raise watch.breach(limit[1])  # late, on the registry clock
+                    watch.took(piece)
                     yield piece
-                    limit, first = timeouts.idle, False
         except GeneratorExit:
             raise  # closed by the consumer: close() records
+        except DeadlineExceededError as exc:  # the call's deadline, not the provider's fault
+            _cut(attempt, exc)
+            raise
         except Exception:
             attempt.finish(failed=True, complete=False)
             raise
@@ -103,14 +184,6 @@ class SyncRecordingStream(_SyncBase):
             attempt.finish(complete=False, judged=False)
             raise
         attempt.finish()
-
-    def _next(self, chunks: Iterator[bytes], limit: float | None, first: bool) -> bytes | None:
-        clock = self._attempt.provider.clock
-        started = clock()
-        chunk = next(chunks, None)
-        if chunk is not None and limit is not None and clock() - started > limit:
-            raise _Timeouts.breach(self._attempt, first, limit)
-        return chunk
 
     def __del__(self) -> None:
         attempt = self._attempt
@@ -133,27 +206,29 @@ class AsyncRecordingStream(_AsyncBase):
     def __init__(self, inner: httpx2.AsyncByteStream, attempt: Attempt) -> None:
         self._inner = inner
         self._attempt = attempt
-        self._timeouts = _Timeouts.of(attempt)
+        self._watch = _Watch.of(attempt)
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        attempt, timeouts = self._attempt, self._timeouts
+        attempt, watch = self._attempt, self._watch
         inspector = attempt.inspector
         try:
-            if timeouts is None:
+            if watch is None:
+                first_token = inspector is not None and inspector.sse
                 async for chunk in self._inner:
-                    if inspector is not None:
-                        inspector.feed(chunk)
+                    if inspector is not None and inspector.feed(chunk) and first_token:
+                        first_token = False
+                        _first_token(attempt)
                     yield chunk
             else:
                 chunks = self._inner.__aiter__()
-                limit, first = timeouts.first, True
-                while (piece := await self._next(chunks, limit, first)) is not None:
-                    if inspector is not None:
-                        inspector.feed(piece)
+                while (piece := await self._next(chunks, watch)) is not None:
+                    watch.took(piece)
                     yield piece
-                    limit, first = timeouts.idle, False
         except GeneratorExit:
             raise  # closed by the consumer: aclose() records
+        except DeadlineExceededError as exc:  # the call's deadline, not the provider's fault
+            _cut(attempt, exc)
+            raise
         except Exception:
             attempt.finish(failed=True, complete=False)
             raise
@@ -162,18 +237,22 @@ class AsyncRecordingStream(_AsyncBase):
             raise
         attempt.finish()
 
-    async def _next(self, chunks: AsyncIterator[bytes], limit: float | None, first: bool) -> bytes | None:
-        clock = self._attempt.provider.clock
-        started = clock()
+    async def _next(self, chunks: AsyncIterator[bytes], watch: _Watch) -> bytes | None:
+        clock = watch.clock
+        now = clock()
+        limit = watch.limit(now)
         try:
             if limit is None:
                 return await chunks.__anext__()
-            with anyio.move_on_after(limit) as scope:
+            left = limit[0] - now
+            if left <= 0:
+                raise watch.breach(limit[1])
+            with anyio.move_on_after(left) as scope:
                 chunk = await chunks.__anext__()
         except StopAsyncIteration:
             return None
-        if scope.cancelled_caught or clock() - started > limit:
-            raise _Timeouts.breach(self._attempt, first, limit)
+        if scope.cancelled_caught or clock() > limit[0]:
+            raise watch.breach(limit[1])
         return chunk
 
     def __del__(self) -> None:

@@ -30,6 +30,7 @@ from resilience._core.registry import ProviderRegistry
 from resilience._core.retry import RetryBudget
 from resilience._http.call import Call
 from resilience._http.resolve import Resolver
+from resilience._http.route import RouteCall
 from resilience._http.stacks import BY_REQUEST, STACKS, Stack, stack_of, stack_of_transport
 from resilience._http.stale import traceable
 
@@ -102,6 +103,7 @@ class ResilientTransport(_Base):
         self._async_sleep = async_sleep or _clock.async_sleep
         self._budgets: dict[str, RetryBudget] = registry.extensions.setdefault(BUDGETS, {})
         self._resolve = Resolver(registry)
+        self._route_hosts = registry._route_hosts  # requests under a route's base_url: a RouteCall
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -117,6 +119,8 @@ class ResilientTransport(_Base):
         """Send ``request`` through its provider's breaker, retries and windows."""
         stack = BY_REQUEST.get(request.__class__) or stack_of(request)
         send, traced = self._sync_senders.get(stack) or self._sender(stack, True)
+        if self._route_hosts and (route := self._route_hosts.get(request.url.host)) is not None:
+            return RouteCall(self, stack, request, route, traced).run_sync(send)
         return Call(self, stack, request, traced).run_sync(send, self._sleep)
 
     def close(self) -> None:
@@ -141,6 +145,8 @@ class ResilientTransport(_Base):
         """
         stack = BY_REQUEST.get(request.__class__) or stack_of(request)
         send, traced = self._async_senders.get(stack) or self._sender(stack, False)
+        if self._route_hosts and (route := self._route_hosts.get(request.url.host)) is not None:
+            return RouteCall(self, stack, request, route, traced).run_async(send)
         return Call(self, stack, request, traced).run_async(send, self._async_sleep)
 
     async def aclose(self) -> None:

@@ -12,7 +12,8 @@ import pytest
 from starlette.applications import Starlette
 from starlette.routing import Mount
 
-from resilience import BreakerPolicy, Policy, Provider, ProviderRegistry, dashboard_router
+from resilience import BreakerPolicy, Policy, Provider, ProviderRegistry, Target, dashboard_router
+from resilience._core.quota import Limits
 from resilience.testing import FakeClock
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration]
@@ -80,6 +81,16 @@ def registry() -> ProviderRegistry:
     attempts(openrouter, "success", 3, seconds=0.9, model="anthropic/claude-3.5-sonnet", cost=0.011)
     attempts(cerebras, "success", 4, seconds=0.08, model="llama-3.3-70b", cost=0.0001)
     attempts(hostile, "success", 2, seconds=0.5, model=XSS_NAME)
+    window = openrouter.model_window("openai/gpt-4o")
+    openrouter.record(openrouter.admit(window), "success", 1.2, model=window, ttft=0.3)
+    cerebras.note_limits(Limits(requests_limit=100, requests_remaining=7, tokens_limit=1000,
+                                tokens_remaining=900, requests_reset=30.0), clock())
+    route = registry.route("llama-3.3-70b", [
+        Target("cerebras", base_url="https://api.cerebras.ai/v1", model="llama-3.3-70b"),
+        Target("openrouter", base_url="https://openrouter.ai/api/v1"),
+    ])
+    route.record("success")
+    route.record_failover("cerebras", "openrouter")
     return registry
 
 
@@ -101,7 +112,7 @@ def test_dashboard_in_chromium(registry: ProviderRegistry, page_url: str) -> Non
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1600, "height": 720})
+            page = browser.new_page(viewport={"width": 1800, "height": 800})
             page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
             page.on("pageerror", lambda exc: errors.append(str(exc)))
 
@@ -132,6 +143,18 @@ def test_dashboard_in_chromium(registry: ProviderRegistry, page_url: str) -> Non
             assert past.evaluate_all("spans => spans.map(s => s.className)") == [
                 "t-closed", "t-open", "t-half_open", "t-closed",
             ]
+
+            route = page.locator('#routes tr[data-route="llama-3.3-70b"]')
+            sync_api.expect(route.locator(".failovers")).to_have_text("1")
+            targets = route.locator(".target")
+            sync_api.expect(targets).to_have_count(2)
+            # cerebras is open now: skipped, listed after the admitting openrouter
+            assert targets.evaluate_all("ts => ts.map(t => [t.dataset.provider, t.dataset.admits])") == [
+                ["openrouter", "true"], ["cerebras", "false"],
+            ]
+            sync_api.expect(cerebras.locator(".quota")).to_have_text("req 7/100 · tok 900/1000")
+            ttft = page.locator('#providers tr[data-provider="openrouter"] .ttft')
+            sync_api.expect(ttft).not_to_have_text("—")
 
             hostile = page.locator("#providers td.name").nth(2)
             sync_api.expect(hostile).to_have_text(XSS_NAME)
