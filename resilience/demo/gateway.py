@@ -1,25 +1,34 @@
 """The demo gateway: a Starlette app wired as the SPEC's "Wiring", forwarding to the providers.
 
 ``POST /v1/chat/completions`` takes an OpenAI-style body; the provider is
-the body's ``"provider"`` field or the ``x-provider`` header. The call goes
-out through one shared ``httpx2.AsyncClient(transport=ResilientTransport(registry))``;
-an open breaker raises :class:`resilience.CircuitOpenError`, which
-:class:`resilience.ResilienceMiddleware` answers with 503, ``Retry-After``
-and the error type ``circuit_open``.
+the body's ``"provider"`` field or the ``x-provider`` header, or the route
+(:data:`ROUTE`, over the ``outage`` and ``healthy`` providers) is the body's
+``"route"`` field or the ``x-route`` header. The call goes out through one
+shared ``httpx2.AsyncClient(transport=ResilientTransport(registry))``: to the
+provider's URL, or to ``route.base_url + "/chat/completions"``, where the
+transport picks the target and fails over. An open breaker (or a route no
+target of which admits the call) raises :class:`resilience.CircuitOpenError`,
+which :class:`resilience.ResilienceMiddleware` answers with 503,
+``Retry-After`` and the error type ``circuit_open``.
+
+A body with ``"stream": true`` is streamed through as it arrives. Answers
+carry ``x-resilience-provider`` (the provider that served it) and
+``x-resilience-attempts`` (attempts made, failovers and retries included).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 import httpx2
 from prometheus_client import CollectorRegistry, make_asgi_app
 from starlette.applications import Starlette
+from starlette.background import BackgroundTask
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -52,14 +61,25 @@ one trial always lands in its up phase: it trips, goes half-open and closes
 again in every cycle.
 """
 PROVIDER_POLICIES = {
-    "outage": resilience.Policy(breaker=dataclasses.replace(DEMO_BREAKER, success_threshold=12)),
+    "outage": resilience.Policy(breaker=dataclasses.replace(DEMO_BREAKER, success_threshold=16)),
     "throttled": resilience.Policy(hold_when_exhausted=True),
+    "streaming": resilience.Policy(first_token_timeout=2.0, idle_timeout=1.0),
 }
-"""Per-provider parts over :data:`DEMO_POLICY`. ``outage`` closes after 12 trial successes in a
-row: at the demo's 10 requests/s to it, half-open lasts over a second, long enough for the
-once-a-second progress line to show it (one trial that fails still reopens it at once).
-``throttled`` holds its calls while the quota its headers announce is exhausted: one 429 per
-quota window reaches it, the rest are rejected at once (the progress line's ``rejected``)."""
+"""Per-provider parts over :data:`DEMO_POLICY`. ``outage`` closes after 16 trial successes in a
+row: at the demo's 13 requests/s to it (its own and the route's), half-open lasts over a second,
+long enough for the once-a-second progress line to show it (one trial that fails still reopens
+it at once). ``throttled`` holds its calls while the quota its headers announce is exhausted: one
+429 per quota window reaches it, the rest are rejected at once (the progress line's ``rejected``).
+``streaming`` bounds the wait for its first content event and between content events
+(keepalives end neither wait)."""
+ROUTE = "demo-route"
+ROUTE_TARGETS = ("outage", "healthy")
+"""The route's targets, tried in this order: ``outage`` first while its breaker admits calls, so
+its outages fail over to ``healthy`` live (and its trips turn the route to ``healthy`` at once)."""
+ROUTE_MODEL = "demo-small"
+ROUTE_POLICY = resilience.RoutePolicy(order="priority")
+STREAMED_HEADERS = ("content-type", "cache-control", "retry-after")
+"""Upstream headers the gateway passes on (besides its own ``x-resilience-*``)."""
 
 
 @dataclass
@@ -104,6 +124,12 @@ def build_gateway(
     registry = resilience.ProviderRegistry(default_policy=DEMO_POLICY, clock=clock)
     for name in upstreams:
         registry.register(name, policy=PROVIDER_POLICIES.get(name))
+    if all(name in upstreams for name in ROUTE_TARGETS):
+        registry.route(ROUTE, targets=[
+            resilience.Target(name, base_url=upstreams[name] + "/v1", model=ROUTE_MODEL,
+                              headers={"authorization": f"Bearer demo-key-for-{name}"})
+            for name in ROUTE_TARGETS
+        ], policy=ROUTE_POLICY)
     metrics = CollectorRegistry()
     registry.register_metrics(metrics)
 
@@ -111,7 +137,7 @@ def build_gateway(
         transport=resilience.ResilientTransport(registry, transport, async_sleep=async_sleep),
         timeout=httpx2.Timeout(5.0),
     )
-    forward = _forwarder(client, dict(upstreams))
+    forward = _forwarder(client, dict(upstreams), registry)
 
     app = Starlette(routes=[
         Mount(DASHBOARD_PATH, app=resilience.dashboard_router(registry)),
@@ -124,27 +150,68 @@ def build_gateway(
 
 
 def _forwarder(
-    client: httpx2.AsyncClient, upstreams: dict[str, str]
+    client: httpx2.AsyncClient, upstreams: dict[str, str], registry: resilience.ProviderRegistry
 ) -> Callable[[Request], Awaitable[Response]]:
     async def chat_completions(request: Request) -> Response:
-        """Forward one chat completion to the provider it names."""
+        """Forward one chat completion to the provider, or the route, it names."""
         try:
             body = json.loads(await request.body() or b"{}")
         except ValueError:
             return JSONResponse({"error": "the body must be JSON"}, status_code=400)
-        name = request.headers.get("x-provider") or (body.get("provider") if isinstance(body, dict) else None)
-        if name not in upstreams:
-            return JSONResponse({"error": f"unknown provider; one of {sorted(upstreams)}"}, status_code=404)
+        if not isinstance(body, dict):
+            return JSONResponse({"error": "the body must be a JSON object"}, status_code=400)
+        route_name = request.headers.get("x-route") or body.get("route")
+        if route_name is not None:
+            route = next((r for r in registry.routes() if r.name == route_name), None)
+            if route is None:
+                routes = [r.name for r in registry.routes()]
+                return JSONResponse({"error": f"unknown route; one of {routes}"}, status_code=404)
+            name, url = route.name, route.base_url + "/chat/completions"
+            extensions: dict[str, str] = {}
+        else:
+            provider = request.headers.get("x-provider") or body.get("provider")
+            if not isinstance(provider, str) or provider not in upstreams:
+                known = sorted(upstreams)
+                return JSONResponse({"error": f"unknown provider; one of {known}"}, status_code=404)
+            name, url, extensions = provider, upstreams[provider] + COMPLETIONS_PATH, {"provider": provider}
+        outgoing = client.build_request("POST", url, json=body, extensions=extensions)
         try:
-            upstream = await client.post(
-                upstreams[name] + COMPLETIONS_PATH, json=body, extensions={"provider": name},
-            )
+            upstream = await client.send(outgoing, stream=True)
         except httpx2.HTTPError as exc:  # CircuitOpenError is left to the middleware: 503
             return JSONResponse({"error": f"{name} unreachable: {type(exc).__name__}"}, status_code=502)
-        headers = {k: v for k, v in upstream.headers.items() if k == "retry-after"}
-        return Response(upstream.content, upstream.status_code, headers, media_type="application/json")
+        headers = {k: v for k, v in upstream.headers.items() if k in STREAMED_HEADERS}
+        served_by = upstream.extensions.get("resilience.provider")
+        if served_by is not None:
+            headers["x-resilience-provider"] = str(served_by)
+            headers["x-resilience-attempts"] = str(upstream.extensions.get("resilience.attempts", 1))
+        sse = upstream.headers.get("content-type", "").startswith("text/event-stream")
+        if sse and body.get("stream") is True:
+            return StreamingResponse(_relay(upstream, name), upstream.status_code, headers,
+                                     background=BackgroundTask(upstream.aclose))
+        try:
+            content = await upstream.aread()
+        except httpx2.HTTPError as exc:
+            return JSONResponse({"error": f"{name} broke off: {type(exc).__name__}"}, status_code=502)
+        finally:
+            await upstream.aclose()
+        headers.setdefault("content-type", "application/json")
+        return Response(content, upstream.status_code, headers)
 
     return chat_completions
+
+
+async def _relay(upstream: httpx2.Response, name: str) -> AsyncIterator[bytes]:
+    """The upstream stream's bytes as they come; a fault after they began ends it with an error event,
+    never as if complete (as providers report mid-stream trouble in-band)."""
+    try:
+        async for chunk in upstream.aiter_bytes():  # decoded: content-encoding is not passed on
+            yield chunk
+    except httpx2.HTTPError as exc:
+        error = {"type": "error", "error": {"type": "gateway_stream_error",
+                                            "message": f"{name}: {type(exc).__name__}"}}
+        yield b"event: error\ndata: " + json.dumps(error).encode() + b"\n\n"
+    finally:
+        await upstream.aclose()
 
 
 async def _index(request: Request) -> Response:
@@ -154,4 +221,5 @@ async def _index(request: Request) -> Response:
         "models": f"{DASHBOARD_PATH}/models/stats",
         "metrics": "/metrics",
         "completions": f"POST {COMPLETIONS_PATH}",
+        "route": f'POST {COMPLETIONS_PATH} {{"route": "{ROUTE}", ...}}',
     })

@@ -9,16 +9,20 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TextIO
 
-from resilience.demo.gateway import COMPLETIONS_PATH, DASHBOARD_PATH, build_gateway
+from resilience.demo import tracing
+from resilience.demo.gateway import COMPLETIONS_PATH, DASHBOARD_PATH, ROUTE, ROUTE_TARGETS, build_gateway
 from resilience.demo.load import STATUS_KEYS, LoadGenerator, Progress
 from resilience.demo.servers import HOST, PortBusyError, Served, bind
+from resilience.demo.tracing import TraceMode
 from resilience.demo.upstreams import Upstream, demo_upstreams
 
 ENV = {
     "port": "DEMO_PORT", "seconds": "DEMO_SECONDS", "rps": "DEMO_RPS",
     "flaky_error_rate": "DEMO_FLAKY_ERROR_RATE", "flaky_latency_ms": "DEMO_FLAKY_LATENCY_MS",
+    "stream_error_rate": "DEMO_STREAM_ERROR_RATE",
 }
-"""Environment variables that set the options (command-line flags win)."""
+"""Environment variables that set the numeric options (command-line flags win); ``DEMO_TRACE``
+sets :attr:`DemoOptions.trace`."""
 TRY_BODY = '{"provider": "flaky", "model": "demo-small"}'
 
 
@@ -32,6 +36,10 @@ class DemoOptions:
         rps: requests per second of the load generator.
         flaky_error_rate: share of the ``flaky`` provider's answers that are 500.
         flaky_latency_ms: the ``flaky`` provider's typical latency.
+        stream_error_rate: share of the ``streaming`` provider's streams that end with an
+            in-band error event.
+        trace: print every span to the console (``DEMO_TRACE``): ``"summary"``, one line per
+            span; ``"json"``, the OpenTelemetry SDK's JSON; ``"off"``.
     """
 
     port: int = 8000
@@ -39,6 +47,8 @@ class DemoOptions:
     rps: float = 40.0
     flaky_error_rate: float = 0.3
     flaky_latency_ms: float = 150.0
+    stream_error_rate: float = 0.1
+    trace: TraceMode = "off"
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
@@ -51,15 +61,19 @@ class DemoOptions:
             raise ValueError(f"flaky_error_rate must be in [0, 1], got {self.flaky_error_rate}")
         if self.flaky_latency_ms < 0:
             raise ValueError(f"flaky_latency_ms must be >= 0, got {self.flaky_latency_ms}")
+        if not 0 <= self.stream_error_rate <= 1:
+            raise ValueError(f"stream_error_rate must be in [0, 1], got {self.stream_error_rate}")
+        if self.trace not in ("off", "summary", "json"):
+            raise ValueError(f"trace must be 'off', 'summary' or 'json', got {self.trace!r}")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], **given: float | None) -> DemoOptions:
-        """Options from ``DEMO_*`` variables, overridden by the ``given`` ones that are not ``None``.
+        """Options from ``DEMO_*`` variables, overridden by the ``given`` numbers that are not ``None``.
 
         Raises:
             ValueError: a value is not a number or out of range; the message names the variable.
         """
-        values: dict[str, float] = {}
+        values: dict[str, float | str] = {"trace": tracing.trace_mode(environ.get("DEMO_TRACE", ""))}
         for field, var in ENV.items():
             raw = environ.get(var, "").strip()
             if raw:
@@ -69,7 +83,7 @@ class DemoOptions:
                     raise ValueError(f"{var} must be a number, got {raw!r}") from None
         values.update({k: v for k, v in given.items() if v is not None})
         if "port" in values:
-            values["port"] = int(values["port"])
+            values["port"] = int(values["port"])  # a float, or the int of the given flag
         return cls(**values)  # type: ignore[arg-type]  # floats where ints are meant are checked above
 
 
@@ -89,18 +103,25 @@ async def _main(options: DemoOptions, out: TextIO) -> int:
               "choose another with DEMO_PORT=<port> (or --port).", file=sys.stderr)
         return 2
     upstreams = demo_upstreams(flaky_error_rate=options.flaky_error_rate,
-                               flaky_latency=options.flaky_latency_ms / 1000)
+                               flaky_latency=options.flaky_latency_ms / 1000,
+                               stream_error_rate=options.stream_error_rate)
     servers = {up.name: Served(up, bind()) for up in upstreams}
     served.extend(servers.values())
     gateway = build_gateway({name: s.url for name, s in servers.items()})
     front = Served(gateway.app, gateway_sock)
     served.append(front)
-    load = LoadGenerator(front.url + COMPLETIONS_PATH, list(servers), options.rps)
+    streaming = [up.name for up in upstreams if up.behaviour.keepalives]
+    routes = [route.name for route in gateway.registry.routes()]
+    load = LoadGenerator(front.url + COMPLETIONS_PATH, list(servers), options.rps,
+                         streaming=streaming, routes=routes)
+    spans = tracing.tracer_provider(options.trace, out)
+    if spans is not None:  # before any traffic, so every call has its span
+        tracing.install(spans)
     try:
         for server in served:
             await server.start()
-        _banner(out, front.url, upstreams, servers, options)
-        progress = Progress(load, gateway.registry, out)
+        _banner(out, front.url, upstreams, servers, options, traced=spans is not None)
+        progress = Progress(load, gateway.registry, out, in_place=False if spans is not None else None)
         if options.seconds is not None:
             asyncio.get_running_loop().call_later(options.seconds, stop.set)
         await asyncio.gather(load.run(stop), progress.run(stop))
@@ -110,8 +131,11 @@ async def _main(options: DemoOptions, out: TextIO) -> int:
         await gateway.aclose()
         for server in servers.values():
             await server.stop()
+        if spans is not None:
+            spans.shutdown()
     mix = ", ".join(f"{key} {load.mix[key]}" for key in STATUS_KEYS if load.mix[key])
-    print(f"resilience demo: stopped after {load.sent} requests ({mix}).", file=out, flush=True)
+    seen = "".join(f"; {seen.line(name)}" for name, seen in load.routes.items())
+    print(f"resilience demo: stopped after {load.sent} requests ({mix}{seen}).", file=out, flush=True)
     return 0
 
 
@@ -130,7 +154,8 @@ def _on_signals(stop: asyncio.Event, served: list[Served]) -> None:
 
 
 def _banner(
-    out: TextIO, url: str, upstreams: list[Upstream], servers: dict[str, Served], options: DemoOptions
+    out: TextIO, url: str, upstreams: list[Upstream], servers: dict[str, Served], options: DemoOptions,
+    *, traced: bool = False,
 ) -> None:
     """The URLs to open, the providers and how to stop."""
     ops = url + DASHBOARD_PATH
@@ -142,9 +167,14 @@ def _banner(
         f"  metrics    {url}/metrics",
         f"  try        curl -s {url}{COMPLETIONS_PATH} -d '{TRY_BODY}'",
         "  providers  " + ", ".join(f"{u.name} (:{servers[u.name].port}, {_describe(u)})" for u in upstreams),
+        f"  route      {ROUTE}: {' then '.join(ROUTE_TARGETS)} by priority; the outage fails over live"
+        f" (try: curl -s {url}{COMPLETIONS_PATH} -d '{{\"route\": \"{ROUTE}\"}}' -i)",
         "  note       upstreams, gateway and load generator share one asyncio loop in this process:",
         "             the latencies shown are the demo's, not the library's overhead",
-        "  columns    503: a provider's own 503 passed on; rejected: the gateway's open breaker answered",
+        "  columns    503: a provider's own 503 passed on; rejected: the gateway's open breaker answered;",
+        "             in-band: a 200 stream that ended with an error event; "
+        f"{ROUTE}: what its callers got, from whom",
+        *(["  traces     every call's span printed below as it ends (DEMO_TRACE)"] if traced else []),
         "Stops " + (f"after {options.seconds:g} s or " if options.seconds else "") + "on Ctrl-C.",
     ]
     print("\n".join(lines), file=out, flush=True)
@@ -152,10 +182,13 @@ def _banner(
 
 def _describe(up: Upstream) -> str:
     b = up.behaviour
+    if b.keepalives:
+        return f"SSE with pings, {b.inband_error_rate:.0%} in-band errors"
     if b.down_seconds:
         return f"{b.up_seconds:g} s up / {b.down_seconds:g} s down"
     if b.throttle_rate:
-        return f"{b.throttle_rate:.0%} 429 with Retry-After: {b.retry_after}"
+        quota = f"quota {b.quota}/{b.quota_seconds:g} s in headers, " if b.quota else ""
+        return f"{quota}{b.throttle_rate:.0%} 429 with Retry-After: {b.retry_after}"
     if b.error_rate:
         return f"{b.error_rate:.0%} 500s, ~{b.latency * 1000:.0f} ms"
     return f"~{b.latency * 1000:.0f} ms"

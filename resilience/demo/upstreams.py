@@ -1,21 +1,29 @@
-"""Four simulated LLM providers, each a small ASGI app served on its own loopback port.
+"""Five simulated LLM providers, each a small ASGI app served on its own loopback port.
 
 * ``healthy``: answers 200 in about 20 ms;
 * ``flaky``: answers 500 for a share of requests (``DEMO_FLAKY_ERROR_RATE``) and
   takes longer (``DEMO_FLAKY_LATENCY_MS``);
 * ``outage``: up 7 s, then down (503) 8 s, on a fixed cycle (:data:`OUTAGE`);
-* ``throttled``: answers 429 with ``Retry-After`` for a share of requests.
+* ``throttled``: announces a request quota in ``x-ratelimit-*`` headers (429 past
+  it) and answers 429 with ``Retry-After`` for a share of requests;
+* ``streaming``: streams SSE with keepalives between its content events, and
+  ends a share of its streams (``DEMO_STREAM_ERROR_RATE``) with an in-band
+  error event after a few content events (:data:`STREAMING`).
 
 Every success is an OpenAI-style chat completion whose ``usage`` carries the
 tokens and the USD ``cost`` (as openrouter reports it), so the gateway's
-cost metrics move too.
+cost metrics move too. A request whose body says ``"stream": true`` is
+answered as an SSE stream of ``chat.completion.chunk`` events, ``usage`` in
+the last one, then ``data: [DONE]`` (any provider; only ``streaming`` pings
+and fails in-band).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from starlette.types import Receive, Scope, Send
@@ -41,6 +49,12 @@ class Behaviour:
             ``x-ratelimit-*`` headers on every answer; past it, 429 until the
             window resets (0: no quota).
         quota_seconds: the length of a quota window.
+        keepalives: streams send keepalives (``: ping`` comments, Anthropic-style
+            ``event: ping``) while they "think" and between content events.
+        inband_error_rate: share of streams that end with an in-band error event
+            (``event: error`` with ``overloaded_error``, or a ``data:`` JSON with a
+            top-level ``"error"`` object) after a few content events, status 200.
+        token_interval: seconds between a stream's content events (randomised by ±50 %).
     """
 
     latency: float = 0.02
@@ -51,6 +65,25 @@ class Behaviour:
     down_seconds: float = 0.0
     quota: int = 0
     quota_seconds: float = 10.0
+    keepalives: bool = False
+    inband_error_rate: float = 0.0
+    token_interval: float = 0.02
+
+
+@dataclass(frozen=True)
+class SseStream:
+    """A streamed answer: its chunks, each with the seconds to wait before sending it."""
+
+    chunks: tuple[tuple[float, bytes], ...]
+
+    @property
+    def body(self) -> bytes:
+        """The whole stream at once (tests)."""
+        return b"".join(chunk for _, chunk in self.chunks)
+
+
+Payload = dict[str, object] | SseStream
+"""What :meth:`Upstream.answer` answers with: a JSON object, or a stream."""
 
 
 class Upstream:
@@ -87,6 +120,9 @@ class Upstream:
         body = await _read_body(receive)
         self.served += 1
         status, payload, headers = self.answer(body)
+        if isinstance(payload, SseStream):
+            await self._stream(status, payload, headers, send)
+            return
         if status == 200:
             await _clock.async_sleep(self.behaviour.latency * self.random.uniform(0.5, 1.5))
         data = json.dumps(payload).encode()
@@ -94,6 +130,17 @@ class Upstream:
                    *headers]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": data})
+
+    async def _stream(
+        self, status: int, stream: SseStream, headers: list[tuple[bytes, bytes]], send: Send
+    ) -> None:
+        start = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"), *headers]
+        await send({"type": "http.response.start", "status": status, "headers": start})
+        for delay, chunk in stream.chunks:
+            if delay > 0:
+                await _clock.async_sleep(delay)
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
 
     def quota_headers(self) -> tuple[bool, list[tuple[bytes, bytes]]]:
         """Count this request in its quota window: whether it is over, and the rate-limit headers."""
@@ -108,7 +155,7 @@ class Upstream:
                    (b"x-ratelimit-reset-requests", f"{reset:.3f}s".encode())]
         return used > b.quota, headers
 
-    def answer(self, body: bytes) -> tuple[int, dict[str, object], list[tuple[bytes, bytes]]]:
+    def answer(self, body: bytes) -> tuple[int, Payload, list[tuple[bytes, bytes]]]:
         """Status, JSON payload and extra headers for one request body."""
         b = self.behaviour
         if self.is_down():
@@ -121,7 +168,7 @@ class Upstream:
             return status, payload, extra + headers
         return self.answer_within_quota(body)
 
-    def answer_within_quota(self, body: bytes) -> tuple[int, dict[str, object], list[tuple[bytes, bytes]]]:
+    def answer_within_quota(self, body: bytes) -> tuple[int, Payload, list[tuple[bytes, bytes]]]:
         """:meth:`answer` once the outage and the quota let the request through."""
         b = self.behaviour
         roll = self.random.random()
@@ -129,13 +176,65 @@ class Upstream:
             return 429, _error("rate limit exceeded"), [(b"retry-after", str(b.retry_after).encode())]
         if roll < b.throttle_rate + b.error_rate:
             return 500, _error("internal error"), []
-        return 200, self.completion(_model_of(body)), []
+        request = _request_of(body)
+        if request.get("stream") is True:
+            return 200, self.stream(_model_of(request)), []
+        return 200, self.completion(_model_of(request)), []
 
-    def completion(self, model: str) -> dict[str, object]:
-        """An OpenAI-style chat completion with usage and cost."""
+    def usage(self, model: str) -> dict[str, object]:
+        """Random token counts and their USD cost (openrouter's ``usage.cost``)."""
         prompt = self.random.randint(20, 400)
         completion = self.random.randint(10, 300)
         price = PRICE_PER_TOKEN.get(model, PRICE_PER_TOKEN["demo-small"])
+        return {"prompt_tokens": prompt, "completion_tokens": completion,
+                "total_tokens": prompt + completion, "cost": round((prompt + completion) * price, 8)}
+
+    def stream(self, model: str) -> SseStream:
+        """An OpenAI-style stream of ``chat.completion.chunk`` events, ``usage`` in the last one.
+
+        The first content event comes after the provider's latency (its time
+        to first token); with :attr:`Behaviour.keepalives` keepalives fill
+        that wait and some gaps between content events; a share
+        (:attr:`Behaviour.inband_error_rate`) of streams ends with an in-band
+        error after two or three content events instead of ``usage``.
+        """
+        b = self.behaviour
+        ident = f"chatcmpl-{self.name}-{self.served}"
+        words = f"Hello from {self.name}, streamed one word at a time.".split()
+        fails_after = self.random.randint(2, 3) if self.random.random() < b.inband_error_rate else None
+        first = b.latency * self.random.uniform(0.5, 1.5)
+        chunks: list[tuple[float, bytes]] = []
+        if b.keepalives:  # what the provider sends while it "thinks": nothing that is content
+            chunks += [(first / 2, b": ping\n\n"), (first / 2, b'event: ping\ndata: {"type": "ping"}\n\n')]
+            first = 0.0
+        for i, word in enumerate(words):
+            if i == fails_after:
+                chunks.append((self._gap(), self._inband_error()))
+                return SseStream(tuple(chunks))
+            delta = {"role": "assistant", "content": word} if i == 0 else {"content": " " + word}
+            event = {"id": ident, "object": "chat.completion.chunk", "model": model,
+                     "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
+            chunks.append((first if i == 0 else self._gap(), _data(event)))
+            if b.keepalives and i % 2 == 1:
+                chunks.append((self._gap(), b": ping\n\n"))
+        last = {"id": ident, "object": "chat.completion.chunk", "model": model, "provider": self.name,
+                "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}], "usage": self.usage(model)}
+        chunks += [(self._gap(), _data(last)), (0.0, b"data: [DONE]\n\n")]
+        return SseStream(tuple(chunks))
+
+    def _gap(self) -> float:
+        return self.behaviour.token_interval * self.random.uniform(0.5, 1.5)
+
+    def _inband_error(self) -> bytes:
+        """An in-band error event in one of the two shapes providers send, picked at random."""
+        if self.random.random() < 0.5:  # Anthropic
+            error = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
+            return b"event: error\n" + _data(error)
+        return _data({"error": {"message": "upstream overloaded mid-stream", "type": "server_error",
+                                "code": 502}})  # OpenAI-compatible, as openrouter sends it mid-stream
+
+    def completion(self, model: str) -> dict[str, object]:
+        """An OpenAI-style chat completion with usage and cost."""
         return {
             "id": f"chatcmpl-{self.name}-{self.served}",
             "object": "chat.completion",
@@ -143,8 +242,7 @@ class Upstream:
             "provider": self.name,
             "choices": [{"index": 0, "finish_reason": "stop",
                          "message": {"role": "assistant", "content": f"Hello from {self.name}."}}],
-            "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
-                      "total_tokens": prompt + completion, "cost": round((prompt + completion) * price, 8)},
+            "usage": self.usage(model),
         }
 
 
@@ -161,20 +259,26 @@ trip came: trip, half-open and close in every cycle.
 
 THROTTLED = Behaviour(latency=0.03, throttle_rate=0.1, retry_after=2, quota=40, quota_seconds=10.0)
 """The ``throttled`` provider: a quota of 40 requests per 10 s announced in its headers (the demo
-sends it about 10 a second, so it runs out a few seconds into each window), and some 429s besides."""
+sends it about 7 a second, so it runs out a few seconds into each window), and some 429s besides."""
+
+STREAMING = Behaviour(latency=0.15, keepalives=True, inband_error_rate=0.1, token_interval=0.03)
+"""The ``streaming`` provider: about 150 ms to its first token, pinging meanwhile, then a content
+event every ~30 ms; 10 % of its streams (``DEMO_STREAM_ERROR_RATE``) fail in-band, status 200."""
 
 
 def demo_upstreams(
-    *, flaky_error_rate: float, flaky_latency: float, seed: int = 0,
-    clock: Callable[[], float] = _clock.monotonic,
+    *, flaky_error_rate: float, flaky_latency: float, stream_error_rate: float = STREAMING.inband_error_rate,
+    seed: int = 0, clock: Callable[[], float] = _clock.monotonic,
 ) -> list[Upstream]:
-    """The four providers of the demo, in display order (``clock``: their schedules' time)."""
+    """The five providers of the demo, in display order (``clock``: their schedules' time)."""
     return [
         Upstream("healthy", Behaviour(latency=0.02), clock=clock, seed=seed),
         Upstream("flaky", Behaviour(latency=flaky_latency, error_rate=flaky_error_rate), clock=clock,
                  seed=seed + 1),
         Upstream("outage", OUTAGE, clock=clock, seed=seed + 2),
         Upstream("throttled", THROTTLED, clock=clock, seed=seed + 3),
+        Upstream("streaming", dataclasses.replace(STREAMING, inband_error_rate=stream_error_rate),
+                 clock=clock, seed=seed + 4),
     ]
 
 
@@ -189,12 +293,23 @@ async def _read_body(receive: Receive) -> bytes:
             return b"".join(chunks)
 
 
-def _model_of(body: bytes) -> str:
+def _request_of(body: bytes) -> dict[str, object]:
+    """The request body's JSON object; ``{}`` when it is not one."""
     try:
-        model = json.loads(body or b"{}").get("model")
-    except (ValueError, AttributeError):
-        return "demo-small"
-    return model if model in PRICE_PER_TOKEN else "demo-small"
+        request = json.loads(body or b"{}")
+    except ValueError:
+        return {}
+    return request if isinstance(request, dict) else {}
+
+
+def _model_of(request: dict[str, object]) -> str:
+    model = request.get("model")
+    return model if isinstance(model, str) and model in PRICE_PER_TOKEN else "demo-small"
+
+
+def _data(event: Mapping[str, object]) -> bytes:
+    """One SSE ``data:`` event."""
+    return b"data: " + json.dumps(event).encode() + b"\n\n"
 
 
 def _error(message: str) -> dict[str, object]:
