@@ -31,7 +31,7 @@ from resilience._core.retry import RetryBudget, parse_retry_after
 from resilience._core.window import TimeWindow
 from resilience._http import ratelimit, tracing
 from resilience._http.attempt import Attempt, admit
-from resilience._http.deadline import call_deadline, cap_timeouts, exceeded
+from resilience._http.deadline import DEADLINE_SLACK, call_deadline, cap_timeouts, exceeded
 from resilience._http.errors import DeadlineExceededError
 from resilience._http.inspect import BodyInspector, header_triples, in_memory_body
 from resilience._http.loop import retry_async, retry_sync
@@ -45,8 +45,6 @@ from resilience._http.whole import read_async, read_sync, small_json
 if TYPE_CHECKING:
     from resilience._http.transport import ResilientTransport
 
-DEADLINE_SLACK = 0.005
-"""A timeout this close to the deadline (seconds) is the deadline's: the capped timeouts fired."""
 
 SyncSend = Callable[[httpx2.Request], httpx2.Response]
 AsyncSend = Callable[[httpx2.Request], Awaitable[httpx2.Response]]
@@ -56,14 +54,18 @@ class Call:
     """The state of one call; see the module docstring."""
 
     __slots__ = (
-        "budgets", "deadline", "final", "model", "model_name", "provider", "request", "stack", "stale_done",
-        "stats", "trace", "traced",
+        "budgets", "deadline", "final", "model", "model_name", "provider", "request", "routed", "stack",
+        "stale_done", "stats", "trace", "traced",
     )
 
     def __init__(
-        self, transport: ResilientTransport, stack: Stack, request: httpx2.Request, traced: bool
+        self, transport: ResilientTransport, stack: Stack, request: httpx2.Request, traced: bool,
+        started: float | None = None,
     ) -> None:
-        """Resolve ``request``'s provider and model (nothing is admitted yet)."""
+        """Resolve ``request``'s provider and model (nothing is admitted yet).
+
+        ``started``: when the call began, if before now (its deadline counts from then).
+        """
         self.request = request
         self.stack = stack
         self.traced = traced
@@ -92,10 +94,13 @@ class Call:
         """The call's span and what its attempts told it, when a tracer provider is set."""
         self.final: Attempt | None = None
         """The attempt whose response the caller got: its record ends the span."""
+        self.routed = False
+        """One target's call of a route: the route call says which attempt is final."""
         self.deadline: Deadline | None = None
         seconds = provider.policy.deadline_seconds
         if "deadline" in extensions or seconds is not None or (stats is not None and stats.deadline):
-            self.deadline = call_deadline(request, seconds, None, provider.clock(), stats)
+            now = provider.clock() if started is None else started
+            self.deadline = call_deadline(request, seconds, None, now, stats)
 
     @property
     def retry(self) -> RetryPolicy:
@@ -122,6 +127,8 @@ class Call:
             or (isinstance(exc, stack.timeout_error) and deadline.at - self.provider.clock() < DEADLINE_SLACK)
         ):
             attempt.release()
+            if self.trace is not None:
+                self.trace.attempts += 1  # made, though held against no one
             raise exc if isinstance(exc, DeadlineExceededError) else self.exceeded() from exc
         if isinstance(exc, stack.not_sent):
             attempt.release()
@@ -350,10 +357,13 @@ class Call:
         response = attempt.response
         if response is None:  # pragma: no cover - an attempt ends in a response or an error
             raise RuntimeError("an attempt ended with neither a response nor an error")
-        self.final = attempt
-        if attempt.done:  # recorded already: the breaker ended the retries
-            if self.trace is not None:
-                self.trace.end(None)
+        if not self.routed:
+            self.final = attempt
+            if attempt.done:  # recorded already: the breaker ended the retries
+                if self.trace is not None:
+                    self.trace.end(None)
+                return response
+        elif attempt.done:
             return response
         stream = response.stream
         if stream.__class__ is self.stack.byte_stream:

@@ -17,6 +17,9 @@ from resilience._http.errors import DeadlineExceededError
 from resilience._http.stacks import Stack
 
 TIMEOUT_KEYS = ("connect", "read", "write", "pool")
+
+DEADLINE_SLACK = 0.005
+"""A timeout this close to the call's deadline (seconds) fired because of it: the capped timeouts."""
 """The per-request timeouts a stack's transport reads from ``request.extensions["timeout"]``."""
 
 

@@ -130,11 +130,12 @@ def target_request(
 class Step:
     """One target's attempt: committed (``final``), or a fault with what it left behind."""
 
-    __slots__ = ("call", "error", "final", "pending", "reason", "target")
+    __slots__ = ("attempt", "call", "error", "final", "pending", "reason", "target")
 
-    def __init__(self, target: Target, call: Call | None) -> None:
+    def __init__(self, target: Target, call: Call | None, attempt: Attempt | None = None) -> None:
         self.target = target
         self.call = call
+        self.attempt = attempt
         self.final: httpx2.Response | None = None
         """The response to return: committed, or returned at once (a 400)."""
         self.error: Exception | None = None
@@ -209,7 +210,13 @@ class RouteCall:
     """One call to a route; see the module docstring."""
 
     def __init__(
-        self, transport: ResilientTransport, stack: Stack, request: httpx2.Request, route: Route, traced: bool
+        self,
+        transport: ResilientTransport,
+        stack: Stack,
+        request: httpx2.Request,
+        route: Route,
+        traced: bool,
+        started: float | None = None,
     ) -> None:
         self.transport, self.stack, self.request, self.route, self.traced = (
             transport, stack, request, route, traced,
@@ -223,9 +230,9 @@ class RouteCall:
         self.policy = route.policy
         self.attempts = 0
         self.stats = _context._current.get() if _context.opened else None
-        self.deadline = call_deadline(
-            request, None, route.policy.deadline_seconds, route._clock(), self.stats  # type: ignore[arg-type]
-        )
+        now = route._clock() if started is None else started
+        seconds: float | None = route.policy.deadline_seconds  # type: ignore[assignment]  # normalised to float
+        self.deadline = call_deadline(request, None, seconds, now, self.stats)
         self.trace: CallTrace | None = None
         self.ended = False
         """Whether the route call's outcome is recorded."""
@@ -287,7 +294,7 @@ class RouteCall:
         request = target_request(self.request, self.stack, target, self.body, self.model)
         call = Call(self.transport, self.stack, request, self.traced)
         call.deadline = earliest(deadline, call.deadline)
-        call.trace = self.trace
+        call.trace, call.routed = self.trace, True
         if call.deadline is not None:
             call.starting(now)
         if provider.holds and (wait := provider.quota_gate(now)) is not None:
@@ -296,6 +303,8 @@ class RouteCall:
             raise call.held(now, wait)
         permit = call.admit()
         self.attempts += 1
+        if self.trace is not None:
+            self.trace.attempts_made = self.attempts
         return call, Attempt(call, permit, now, 1)
 
     def fault_of(self, step: Step, call: Call, attempt: Attempt, exc: BaseException) -> Step:
@@ -353,7 +362,7 @@ class RouteCall:
         return self.last_sync(last)
 
     def attempt_sync(self, target: Target, call: Call, attempt: Attempt, send: SyncSend) -> Step:
-        step = Step(target, call)
+        step = Step(target, call, attempt)
         try:
             response = call.send_sync(send)
         except BaseException as exc:
@@ -403,7 +412,6 @@ class RouteCall:
             step.pending = PendingResponse(call, attempt, wrapped, chunks, buffered)
             return step
         response.stream = CommittedSyncStream(buffered, chunks, wrapped)
-        call.final = attempt
         step.final = response
         return step
 
@@ -436,9 +444,8 @@ class RouteCall:
         if pending.wrapped is None:
             response = pending.call.deliver(pending.attempt, SyncRecordingStream)
         else:
-            pending.call.final = pending.attempt
             response.stream = CommittedSyncStream(pending.buffered, pending.chunks, pending.wrapped)
-        self.finishing(step, pending.call)
+        self.finishing(step, pending.call, pending.attempt)
         return self.labelled(response, step.target)
 
     # -- async -----------------------------------------------------------------------
@@ -473,7 +480,7 @@ class RouteCall:
         return await self.last_async(last)
 
     async def attempt_async(self, target: Target, call: Call, attempt: Attempt, send: AsyncSend) -> Step:
-        step = Step(target, call)
+        step = Step(target, call, attempt)
         try:
             response = await call.send_async(send)
         except BaseException as exc:
@@ -528,7 +535,6 @@ class RouteCall:
             step.pending = PendingResponse(call, attempt, wrapped, chunks, buffered)
             return step
         response.stream = CommittedAsyncStream(buffered, chunks, wrapped)
-        call.final = attempt
         step.final = response
         return step
 
@@ -562,9 +568,8 @@ class RouteCall:
         if pending.wrapped is None:
             response = pending.call.deliver(pending.attempt, AsyncRecordingStream)
         else:
-            pending.call.final = pending.attempt
             response.stream = CommittedAsyncStream(pending.buffered, pending.chunks, pending.wrapped)
-        self.finishing(step, pending.call)
+        self.finishing(step, pending.call, pending.attempt)
         return self.labelled(response, step.target)
 
     # -- hedging (async) ---------------------------------------------------------------
@@ -585,7 +590,7 @@ class RouteCall:
                 try:
                     step = await self.attempt_async(lane.target, lane.call, lane.attempt, send)
                 except DeadlineExceededError as exc:  # let go by its call already
-                    step = Step(lane.target, lane.call)
+                    step = Step(lane.target, lane.call, lane.attempt)
                     step.error, step.reason = exc, "deadline"
                 lane.step = step
                 sender.send_nowait((lane, step))
@@ -610,11 +615,12 @@ class RouteCall:
                 return lane
             return None
 
+        error: Exception | None = None  # raised once the task group is over (never from inside it)
         try:
             async with anyio.create_task_group() as group:
                 if launch(group, False) is None:
-                    raise self.rejected(route.candidates()[1])
-                live = 1
+                    error = self.rejected(route.candidates()[1])
+                live = 0 if error is not None else 1
                 deadline = self.deadline
                 while live:
                     wait = hedge_after if hedging and queue else math.inf
@@ -623,10 +629,12 @@ class RouteCall:
                         lane, step = await receiver.receive()
                     if timer.cancelled_caught and left <= wait:
                         for other in lanes:
-                            if other.step is None:
-                                other.attempt.lost = True  # cut by the deadline: held against no one
+                            if other.step is None:  # cut by the deadline: held against no one, counted
+                                other.attempt.lost = True
+                                other.call.provider.count_deadline_exceeded()
                                 other.scope.cancel()
-                        raise self.exceeded()
+                        error = self.exceeded()
+                        break
                     if timer.cancelled_caught:
                         if launch(group, True) is None:
                             hedging = False  # the budget is spent, or no target is left
@@ -635,8 +643,8 @@ class RouteCall:
                         continue
                     live -= 1
                     if step.reason == "deadline":
-                        assert step.error is not None
-                        raise step.error
+                        error = step.error
+                        break
                     if step.final is not None:
                         winner = lane
                         break
@@ -661,12 +669,16 @@ class RouteCall:
                         await other.step.final.aclose()
                 elif other is not winner and other.step is not None and other.step is not last:
                     await self.moved_async(other.step)
+            if (error is not None or winner is not None) and last is not None:
+                await self.moved_async(last)  # a failure another lane outran: recorded and closed
         finally:
             sender.close()
             receiver.close()
         for lane in lanes:
             if lane.hedge and winner is not None:
                 route.record_hedge("won" if lane is winner else "lost")
+        if error is not None:
+            raise error
         if winner is not None:
             assert winner.step is not None
             return self.served(winner.step)
@@ -682,17 +694,17 @@ class RouteCall:
         self.route.record("success")
         response = step.final
         assert response is not None
-        self.finishing(step, step.call)
+        self.finishing(step, step.call, step.attempt)
         return self.labelled(response, step.target)
 
-    def finishing(self, step: Step, call: Call | None) -> None:
+    def finishing(self, step: Step, call: Call | None, attempt: Attempt | None) -> None:
         """The span ends with the record of the attempt the caller got (now, if it is recorded)."""
         trace = self.trace
         if trace is None or call is None:
             return
         trace.answered, trace.attempts_made = step.target.provider, self.attempts
-        final = call.final
-        if final is None or final.done:
+        call.final = attempt
+        if attempt is None or attempt.done:
             trace.end(None)
 
     def pending_response(self, step: Step) -> httpx2.Response:

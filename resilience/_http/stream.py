@@ -40,6 +40,7 @@ import anyio
 import httpx2
 
 from resilience._http.attempt import Attempt
+from resilience._http.deadline import DEADLINE_SLACK
 from resilience._http.errors import DeadlineExceededError, StreamTimeoutError
 from resilience._http.stacks import ASYNC_STREAM_BASES, SYNC_STREAM_BASES
 
@@ -129,11 +130,23 @@ class _Watch:
         return call.stack.stream_timeout(message, request=call.request)
 
 
+def _deadline_of(attempt: Attempt, exc: Exception) -> DeadlineExceededError | None:
+    """The call's deadline error when ``exc`` is a timeout that fired at the deadline, else ``None``."""
+    call = attempt.call
+    deadline = call.deadline
+    if deadline is None or not isinstance(exc, call.stack.timeout_error):
+        return None
+    if deadline.at - attempt.provider.clock() >= DEADLINE_SLACK:
+        return None
+    return call.exceeded()
+
+
 def _cut(attempt: Attempt, exc: DeadlineExceededError) -> None:
     """A stream cut by the call's deadline: let go, counted in neither calls nor failures."""
     attempt.release()
     trace = attempt.call.trace
     if trace is not None:
+        trace.attempts += 1  # made, though held against no one
         trace.end(exc)
 
 
@@ -177,7 +190,11 @@ class SyncRecordingStream(_SyncBase):
         except DeadlineExceededError as exc:  # the call's deadline, not the provider's fault
             _cut(attempt, exc)
             raise
-        except Exception:
+        except Exception as exc:
+            cut = _deadline_of(attempt, exc)
+            if cut is not None:  # a read timeout capped at the deadline fired: the deadline's
+                _cut(attempt, cut)
+                raise cut from exc
             attempt.finish(failed=True, complete=False)
             raise
         except BaseException:  # cancelled mid-body: recorded by its status, no verdict on the provider
@@ -229,7 +246,11 @@ class AsyncRecordingStream(_AsyncBase):
         except DeadlineExceededError as exc:  # the call's deadline, not the provider's fault
             _cut(attempt, exc)
             raise
-        except Exception:
+        except Exception as exc:
+            cut = _deadline_of(attempt, exc)
+            if cut is not None:  # a read timeout capped at the deadline fired: the deadline's
+                _cut(attempt, cut)
+                raise cut from exc
             attempt.finish(failed=True, complete=False)
             raise
         except BaseException:  # cancelled mid-body: recorded by its status, no verdict on the provider

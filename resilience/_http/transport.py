@@ -118,10 +118,15 @@ class ResilientTransport(_Base):
     def handle_request(self, request: Any) -> Any:
         """Send ``request`` through its provider's breaker, retries and windows."""
         stack = BY_REQUEST.get(request.__class__) or stack_of(request)
-        send, traced = self._sync_senders.get(stack) or self._sender(stack, True)
+        found = self._sync_senders.get(stack)
+        started = None
+        if found is None:  # the first request of this side: its inner transport is made now
+            started = self.registry.clock()  # ... within the call's deadline, which starts here
+            found = self._sender(stack, True)
+        send, traced = found
         if self._route_hosts and (route := self._route_hosts.get(request.url.host)) is not None:
-            return RouteCall(self, stack, request, route, traced).run_sync(send)
-        return Call(self, stack, request, traced).run_sync(send, self._sleep)
+            return RouteCall(self, stack, request, route, traced, started).run_sync(send)
+        return Call(self, stack, request, traced, started).run_sync(send, self._sleep)
 
     def close(self) -> None:
         """Close the sync inner transports (the defaults made, or the one given)."""
@@ -144,10 +149,15 @@ class ResilientTransport(_Base):
         wrapping it): one frame less on every async request.
         """
         stack = BY_REQUEST.get(request.__class__) or stack_of(request)
-        send, traced = self._async_senders.get(stack) or self._sender(stack, False)
+        found = self._async_senders.get(stack)
+        started = None
+        if found is None:  # the first request of this side: its inner transport is made now
+            started = self.registry.clock()  # ... within the call's deadline, which starts here
+            found = self._sender(stack, False)
+        send, traced = found
         if self._route_hosts and (route := self._route_hosts.get(request.url.host)) is not None:
-            return RouteCall(self, stack, request, route, traced).run_async(send)
-        return Call(self, stack, request, traced).run_async(send, self._async_sleep)
+            return RouteCall(self, stack, request, route, traced, started).run_async(send)
+        return Call(self, stack, request, traced, started).run_async(send, self._async_sleep)
 
     async def aclose(self) -> None:
         """Close the async inner transports (the defaults made, or the one given)."""

@@ -15,7 +15,30 @@ Behaviour is chosen by the request path (``/<kind>/<arg>``):
 ``/drop/<n>``          (raw server) first request on a connection: ``/ok/<n>``; later ones: read
                        in full, worked on for :data:`DROP_SECONDS`, then the connection closed
                        (FIN) without a response: a provider that crashed mid-request
+``/auto/<n>``          ``/sse/<n>`` when the request body says ``"stream": true``, else ``/ok/<n>``
+``/slow/<n>``          ``/auto/<n>``, but only after :data:`SLOW_SECONDS` (nothing if the client
+                       goes away first): a provider slow to its first token
+``/late/<ms>,<n>``     ``/auto/<n>`` after ``ms`` milliseconds (nothing if the client goes away first)
+``/late_status/<ms>,<code>``  that status after ``ms`` milliseconds, as ``/status/<code>``
+``/json_cut/<n>``      (raw server) 200 JSON headers with the ``content-length`` of ``/ok/<n>``, half the
+                       body, then (after :data:`CUT_DELAY`) a reset: a non-streamed body cut short
+``/pings/<n>``         200 SSE headers, ``n`` keepalives (``: ping``) :data:`PING_GAP` s apart, then
+                       silence until the client goes away: no content event, ever
+``/sse_error``         200 SSE: a keepalive, then Anthropic's ``event: error`` (``overloaded_error``)
+                       before any content event, then the end of the stream
+``/head_reset``        (raw server) 200 SSE headers and a keepalive, then (after
+                       :data:`CUT_DELAY`) a reset: the stream dies before its first content event
+``/bad_chunk``         (raw server) 200 SSE headers (chunked), then a chunk whose size line is not
+                       hex: the body is malformed from its first chunk
+``/cut/<n>``           (raw server) 200 SSE headers and the first content event of ``/sse/<n>``,
+                       then (after :data:`CUT_DELAY`) a reset: a stream cut after commit
+``/cut_fin/<n>``       (raw server) as ``/cut/<n>``, but the connection closed (FIN) mid-body
 =====================  =====================================================
+
+Only the first two segments of a path choose the behaviour: anything after them (the
+``/chat/completions`` a route appends to a target's base URL) is ignored. The uvicorn
+side also counts, per upstream, the ``authorization`` header and the body's ``"model"``
+of each request (:attr:`Upstream.authorizations`, :attr:`Upstream.models`).
 
 Costs are multiples of 1/64 USD, exact in binary floating point and at the
 dashboard's six decimals, so sums compare with ``==``. A cost counts as
@@ -44,6 +67,26 @@ LINGER_SECONDS = 30.0
 DROP_SECONDS = 0.3
 """How long ``/drop`` works on a request it then drops: long past any stale-connection failure."""
 
+SLOW_SECONDS = 5.0
+"""How long ``/slow`` keeps its first token back: far past any hedge delay, well inside the linger."""
+
+PING_GAP = 0.05
+"""Seconds between the keepalives of ``/pings``."""
+
+CUT_DELAY = 0.05
+"""How long the raw server waits after the bytes it sent before a reset: on loopback the client has
+read them by then (a reset may drop data the client has not read yet)."""
+
+SSE_HEAD = (
+    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+)
+KEEPALIVE = b": ping\n\n"
+OVERLOADED = (
+    b"event: error\n"
+    b'data: {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}\n\n'
+)
+"""Anthropic's in-band error event: what an overloaded provider streams instead of content."""
+
 
 class Upstream:
     """Counters shared by both servers, and the flap schedule (thread-safe)."""
@@ -55,12 +98,16 @@ class Upstream:
         self.in_flight = 0
         self.flap_period = 0.15
         self._flap_start = time.monotonic()
+        self.authorizations: Counter[str] = Counter()
+        self.models: Counter[str] = Counter()
 
     def reset(self, *, flap_period: float = 0.15) -> None:
         """Zero the counters and restart the flap schedule (between scenarios)."""
         with self._lock:
             self.received.clear()
             self.cost_units = 0
+            self.authorizations.clear()
+            self.models.clear()
             self.flap_period = flap_period
             self._flap_start = time.monotonic()
 
@@ -69,6 +116,18 @@ class Upstream:
         with self._lock:
             self.received[kind] += 1
             self.in_flight += 1
+
+    def saw(self, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+        """Note the ``authorization`` header and the JSON body's ``"model"`` of one request."""
+        authorization = next((v.decode("latin-1") for k, v in headers if k == b"authorization"), "")
+        try:
+            data = json.loads(body) if body else None
+        except ValueError:
+            data = None
+        model = data.get("model") if isinstance(data, dict) else None
+        with self._lock:
+            self.authorizations[authorization] += 1
+            self.models[str(model)] += 1
 
     def left(self) -> None:
         """A handler returned."""
@@ -110,24 +169,38 @@ def sse_events(units: int) -> list[bytes]:
     return [f"data: {json.dumps(e)}\n\n".encode() for e in events] + [b"data: [DONE]\n\n"]
 
 
+def split_path(path: str) -> tuple[str, str]:
+    """``(kind, arg)`` of a request path: its first two segments (the rest is ignored)."""
+    kind, _, rest = path.strip("/").partition("/")
+    return kind, rest.partition("/")[0]
+
+
 def make_app(upstream: Upstream) -> Any:
     """The uvicorn side of the fake provider."""
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        kind, _, arg = scope["path"].strip("/").partition("/")
-        while (await receive()).get("more_body"):  # the whole request body first
-            pass
+        kind, arg = split_path(scope["path"])
+        chunks = []
+        while True:  # the whole request body first
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        body = b"".join(chunks)
+        upstream.saw(scope["headers"], body)
         upstream.arrived(kind)
         try:
-            await handle(upstream, kind, arg, receive, send)
+            await handle(upstream, kind, arg, receive, send, payload=body)
         finally:
             upstream.left()
 
     return app
 
 
-async def handle(upstream: Upstream, kind: str, arg: str, receive: Any, send: Any) -> None:
-    """Answer one request as its ``kind`` says."""
+async def handle(
+    upstream: Upstream, kind: str, arg: str, receive: Any, send: Any, *, payload: bytes = b""
+) -> None:
+    """Answer one request as its ``kind`` says (``payload``: the request body, read by ``/auto``)."""
 
     async def start(status: int, content_type: bytes, *extra: tuple[bytes, bytes]) -> None:
         headers = [(b"content-type", content_type), *extra]
@@ -138,6 +211,13 @@ async def handle(upstream: Upstream, kind: str, arg: str, receive: Any, send: An
 
     if kind == "flap":
         kind = "ok" if upstream.flap_up() else "down"
+    if kind in ("slow", "late", "late_status"):
+        delay, _, arg = (str(SLOW_SECONDS * 1000), "", arg) if kind == "slow" else arg.partition(",")
+        if not await linger(receive, float(delay) / 1000):
+            return  # the client went away first
+        kind = "status" if kind == "late_status" else "auto"
+    if kind == "auto":
+        kind = "sse" if b'"stream": true' in payload or b'"stream":true' in payload else "ok"
     if kind == "ok":
         await start(200, b"application/json")
         await body(ok_body(int(arg)))
@@ -164,14 +244,26 @@ async def handle(upstream: Upstream, kind: str, arg: str, receive: Any, send: An
         await body(sse_events(0)[0], more=True)
         if await linger(receive):
             await body(b"")
+    elif kind == "pings":
+        await start(200, b"text/event-stream")
+        for _ in range(int(arg)):
+            await body(KEEPALIVE, more=True)
+            if not await linger(receive, PING_GAP):
+                return
+        if await linger(receive):
+            await body(b"")
+    elif kind == "sse_error":
+        await start(200, b"text/event-stream")
+        await body(KEEPALIVE, more=True)
+        await body(OVERLOADED)
     else:
         await start(404, b"application/json")
         await body(b'{"error": {"message": "no such fault"}}')
 
 
-async def linger(receive: Any) -> bool:
-    """Wait until the client goes away (``False``) or :data:`LINGER_SECONDS` pass (``True``)."""
-    with anyio.move_on_after(LINGER_SECONDS):
+async def linger(receive: Any, seconds: float = LINGER_SECONDS) -> bool:
+    """Wait until the client goes away (``False``) or ``seconds`` pass (``True``)."""
+    with anyio.move_on_after(seconds):
         while (await receive())["type"] != "http.disconnect":
             pass
         return False
@@ -238,9 +330,12 @@ class RawServer:
                 return
             path, length = parse_head(head)
             await reader.readexactly(length)
-            kind, _, arg = path.strip("/").partition("/")
+            kind, arg = split_path(path)
             self.upstream.arrived(kind)
             try:
+                if kind in STREAM_FAULTS:
+                    await stream_fault(kind, arg, reader, writer)
+                    return
                 if kind in ("reuse", "drop") and served == 0:
                     data = ok_body(int(arg))
                     writer.write(
@@ -258,6 +353,41 @@ class RawServer:
                 return
             finally:
                 self.upstream.left()
+
+
+STREAM_FAULTS = ("head_reset", "bad_chunk", "cut", "cut_fin", "json_cut")
+"""Raw-server paths that answer with headers and then break the body."""
+
+
+def chunk(data: bytes) -> bytes:
+    """``data`` as one HTTP/1.1 chunk."""
+    return f"{len(data):x}\r\n".encode() + data + b"\r\n"
+
+
+async def stream_fault(
+    kind: str, arg: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
+    """Headers, then the break ``kind`` names; the connection is not used again."""
+    if kind == "json_cut":
+        data = ok_body(int(arg))
+        head = f"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {len(data)}\r\n\r\n"
+        writer.write(head.encode() + data[: len(data) // 2])
+    elif kind == "head_reset":
+        writer.write(SSE_HEAD + chunk(KEEPALIVE))
+    elif kind == "bad_chunk":
+        writer.write(SSE_HEAD + b"zz\r\n" + sse_events(0)[0] + b"\r\n")  # a chunk size that is not hex
+    else:  # the first content event: the stream commits
+        writer.write(SSE_HEAD + chunk(sse_events(int(arg))[0]))
+    await writer.drain()
+    if kind == "cut_fin":
+        writer.close()  # a FIN mid-body: the chunked body never ends
+        return
+    if kind == "bad_chunk":  # the client gives up on the body: wait for it to close
+        with contextlib.suppress(ConnectionError, asyncio.TimeoutError):
+            await asyncio.wait_for(reader.read(), LINGER_SECONDS)
+        return
+    await asyncio.sleep(CUT_DELAY)
+    reset(writer)
 
 
 def parse_head(head: bytes) -> tuple[str, int]:

@@ -47,6 +47,10 @@ UNAVAILABLE = "unavailable"
 """A model the upstream answers with 503."""
 STALLED = "stalled"
 """A model the upstream sends headers for, then nothing until the client goes away."""
+OVERLOADED = "overloaded"
+"""A model whose stream (Anthropic) starts, then says ``event: error`` with ``overloaded_error``: a 200."""
+PINGING = "pinging"
+"""A model whose stream sends keepalives only (``event: ping``), until the client goes away."""
 
 WORDS = ("Hello", " world")
 TEXT = "".join(WORDS)
@@ -154,6 +158,17 @@ class FakeLLM:
         if model == UNAVAILABLE:  # retry-after-ms: the SDKs' own retries wait 1 ms, not seconds
             await start(503, b"application/json", (b"retry-after-ms", b"1"))
             await chunk(b'{"error": {"type": "overloaded_error", "message": "try later"}}')
+        elif model == OVERLOADED and stream:
+            await start(200, b"text/event-stream")
+            first = next(iter(anthropic_events(CLAUDE)))  # message_start
+            error = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
+            await chunk(first + b"event: error\ndata: " + json.dumps(error).encode() + b"\n\n")
+        elif model == PINGING:
+            await start(200, b"text/event-stream")
+            with anyio.move_on_after(5.0):  # until the client goes away
+                while True:
+                    await chunk(b'event: ping\ndata: {"type": "ping"}\n\n', more=True)
+                    await anyio.sleep(0.05)
         elif model == STALLED:
             await start(200, b"text/event-stream" if stream else b"application/json")
             with anyio.move_on_after(5.0):  # until the client goes away
@@ -482,3 +497,106 @@ async def test_stream_timeout_is_the_sdks_timeout_error(sdk: str, url: str) -> N
         await ask_async(sdk, url, ResilientTransport(registry), model=STALLED)
     snap = registry.get(sdk).snapshot()
     assert {k: v for k, v in snap.requests_total.items() if v} == {"failure": 1}
+
+
+# -- what providers really say; routes; deadlines ---------------------------------------
+
+
+async def test_anthropic_stream_that_reports_overloaded_in_band_is_a_failure(url: str) -> None:
+    """A 200 stream that says ``event: error`` (overloaded_error): the SDK raises; the provider failed."""
+    registry = registry_for("anthropic", Policy(retry=RetryPolicy(attempts=1)))
+    http = httpx2.AsyncClient(transport=ResilientTransport(registry))
+    async with anthropic.AsyncAnthropic(base_url=url, api_key="x", http_client=http, max_retries=0) as ant:
+        with pytest.raises(anthropic.APIStatusError, match="Overloaded"):
+            async with ant.messages.stream(model=OVERLOADED, max_tokens=64, messages=MESSAGES) as stream:
+                async for _ in stream:
+                    pass
+    snap = registry.get("anthropic").snapshot()
+    assert {k: v for k, v in snap.requests_total.items() if v} == {"failure": 1}
+    assert snap.error_rate == 1.0
+
+
+@pytest.mark.parametrize("sdk", SDKS)
+async def test_a_stream_of_keepalives_only_is_cut_by_first_token_timeout(sdk: str, url: str) -> None:
+    """Pings every 50 ms never end the wait for the first token: a timeout error, a failure.
+
+    The SDKs wrap errors of the request, not of a stream they iterate: mid-stream, the
+    ``StreamTimeoutError`` (an httpx2 ``TimeoutException``) reaches the caller as it is.
+    """
+    registry = registry_for(sdk, Policy(first_token_timeout=0.4, retry=RetryPolicy(attempts=1)))
+    http = httpx2.AsyncClient(transport=ResilientTransport(registry))
+    with anyio.fail_after(4.0), pytest.raises((TIMEOUT_ERRORS[sdk], httpx2.TimeoutException)):
+        if sdk == "openai":
+            async with openai.AsyncOpenAI(base_url=url + "/v1", api_key="x", http_client=http,
+                                          max_retries=0) as oai:
+                chunks = await oai.chat.completions.create(model=PINGING, messages=MESSAGES, stream=True)
+                async for _ in chunks:
+                    pass
+        else:
+            ant = anthropic.AsyncAnthropic(base_url=url, api_key="x", http_client=http, max_retries=0)
+            async with ant, ant.messages.stream(model=PINGING, max_tokens=64, messages=MESSAGES) as stream:
+                async for _ in stream:
+                    pass
+    snap = registry.get(sdk).snapshot()
+    assert {k: v for k, v in snap.requests_total.items() if v} == {"failure": 1}
+
+
+def route_registry(url: str) -> tuple[ProviderRegistry, Any]:
+    """Two providers on the loopback server under two host names; a route: the failing one first."""
+    from resilience import RoutePolicy, Target
+
+    registry = ProviderRegistry(Policy(retry=RetryPolicy(attempts=1)))
+    registry.register("down", hosts=["127.0.0.1"])
+    registry.register("up", hosts=["localhost"])
+    port = url.rsplit(":", 1)[1]
+    route = registry.route("gpt", [
+        Target("down", base_url=f"{url}/v1", model=UNAVAILABLE, headers={"authorization": "Bearer d"}),
+        Target("up", base_url=f"http://localhost:{port}/v1", model=GPT,
+               headers={"authorization": "Bearer u"}),
+    ], policy=RoutePolicy(order="priority"))
+    return registry, route
+
+
+@pytest.mark.parametrize("stream", STREAM)
+async def test_openai_sdk_on_a_route_fails_over_to_the_healthy_target(url: str, stream: bool) -> None:
+    """The SPEC's wiring: ``base_url=route.base_url`` on httpx2; the 503 target is left for the next."""
+    registry, route = route_registry(url)
+    http = httpx2.AsyncClient(transport=ResilientTransport(registry))
+    async with openai.AsyncOpenAI(base_url=route.base_url, api_key="unused", http_client=http,
+                                  max_retries=0) as oai:
+        if stream:
+            chunks = await oai.chat.completions.create(
+                model="gpt", messages=MESSAGES, stream=True, stream_options={"include_usage": True}
+            )
+            text = "".join([c.choices[0].delta.content or "" async for c in chunks if c.choices])
+        else:
+            completion = await oai.chat.completions.create(model="gpt", messages=MESSAGES)
+            text = completion.choices[0].message.content or ""
+    assert text == TEXT
+    assert {k: v for k, v in registry.get("down").snapshot().requests_total.items() if v} == {"failure": 1}
+    assert_recorded(registry, "up", GPT, cost=OPENAI_USAGE["cost"], tokens=(5, 7))
+    assert route.snapshot().failovers_total == {("down", "up"): 1}
+
+
+def test_openai_sync_sdk_on_a_route(url: str) -> None:
+    registry, route = route_registry(url)
+    http = httpx2.Client(transport=ResilientTransport(registry))
+    with openai.OpenAI(base_url=route.base_url, api_key="unused", http_client=http, max_retries=0) as oai:
+        completion = oai.chat.completions.create(model="gpt", messages=MESSAGES)
+    assert completion.choices[0].message.content == TEXT and completion.model == GPT
+
+
+@pytest.mark.parametrize("sdk", SDKS)
+async def test_a_deadline_is_the_sdks_timeout_error_and_not_the_providers_fault(sdk: str, url: str) -> None:
+    """``Policy(deadline_seconds=...)`` on a stalled body: the SDK's timeout error, no fault of the provider."""
+    from resilience import DeadlineExceededError
+
+    registry = registry_for(sdk, Policy(deadline_seconds=0.3, retry=RetryPolicy(attempts=1)))
+    with anyio.fail_after(4.0), pytest.raises(TIMEOUT_ERRORS[sdk]) as caught:
+        await ask_async(sdk, url, ResilientTransport(registry), model=STALLED)
+    chain: BaseException | None = caught.value
+    while chain is not None and not isinstance(chain, DeadlineExceededError):
+        chain = chain.__cause__ or chain.__context__
+    assert isinstance(chain, DeadlineExceededError) and chain.deadline == 0.3
+    snap = registry.get(sdk).snapshot()
+    assert not any(snap.requests_total.values()) and snap.deadline_exceeded_total == 1
