@@ -588,7 +588,7 @@ def test_openai_sync_sdk_on_a_route(url: str) -> None:
 
 @pytest.mark.parametrize("sdk", SDKS)
 async def test_a_deadline_is_the_sdks_timeout_error_and_not_the_providers_fault(sdk: str, url: str) -> None:
-    """``Policy(deadline_seconds=...)`` on a stalled body: the SDK's timeout error, no fault of the provider."""
+    """``Policy(deadline_seconds=...)`` on a stalled body: the SDK's timeout error, not held against it."""
     from resilience import DeadlineExceededError
 
     registry = registry_for(sdk, Policy(deadline_seconds=0.3, retry=RetryPolicy(attempts=1)))
