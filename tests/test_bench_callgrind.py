@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from system_tools import require_binary
@@ -35,3 +38,63 @@ def test_table_shows_ratios_and_failures() -> None:
     assert "| sync_json | httpx | 1,000 | 1,500 | 1.50× | +500 |" in table
     assert "| sync_json | httpx2 | 900 | failed | — | — |" in table
     assert "- sync_json on httpx2: wrapped: AssertionError" in table
+
+
+OtelResult = bench_callgrind.OtelResult
+
+
+def test_otel_table_shows_the_api_ratio_the_span_and_failures() -> None:
+    """The OpenTelemetry table: untraced over no-otel as a ratio, traced less untraced as the span's cost."""
+    table = bench_callgrind.otel_markdown([
+        OtelResult(case="sync_cost", stack="httpx2", n=5, no_otel=1000.0, untraced=1005.0, traced=1300.0),
+        OtelResult(case="async_cost", stack="httpx2", n=5, no_otel=900.0, error="wrapped_traced: boom"),
+    ])
+    assert "| sync_cost | httpx2 | 1,000 | 1,005 | 1.0050× | 1,300 | +295 |" in table
+    assert "| async_cost | httpx2 | 900 | failed | — | failed | — |" in table
+    assert "- otel async_cost on httpx2: wrapped_traced: boom" in table
+    result = OtelResult(case="sync_cost", stack="httpx2", n=5, no_otel=1000.0, untraced=1005.0, traced=1300.0)
+    assert result.as_dict()["api_ratio"] == 1.005 and result.as_dict()["span_extra"] == 295.0
+
+
+def test_otel_comparison_without_the_packages_is_an_error_not_a_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without opentelemetry-api/-sdk each comparison says why; nothing is counted (no upstream either)."""
+    monkeypatch.setattr(bench_callgrind, "_otel_missing", lambda: "opentelemetry.trace is not installed")
+    monkeypatch.setattr(bench_callgrind, "upstream", None)  # would fail if a run were started
+    results, otel = bench_callgrind.measure_all([], n=3, otel_cases=["sync_cost", "async_cost"])
+    assert results == []
+    assert [(r.case, r.stack, r.error) for r in otel] == [
+        ("sync_cost", "httpx2", "opentelemetry.trace is not installed"),
+        ("async_cost", "httpx2", "opentelemetry.trace is not installed"),
+    ]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("mode", ["wrapped", "wrapped_no_otel", "wrapped_traced"])
+def test_client_otel_modes_run_natively(mode: str) -> None:
+    """Each OpenTelemetry mode runs against the upstream and passes its own check (no package; spans)."""
+    pytest.importorskip("opentelemetry.sdk.trace")
+    with bench_callgrind.upstream() as base_url:
+        done = subprocess.run(
+            [sys.executable, str(bench_callgrind.CLIENT), "sync_cost", "httpx2", mode, "3", "2", base_url],
+            input=bench_callgrind.GO, capture_output=True, text=True, timeout=60, check=False,
+        )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == bench_callgrind.WARM
+
+
+def test_otel_comparison_counts_each_run_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The untraced count is the main table's wrapped run (counted once); each mode lands in its column."""
+    counted: list[Any] = []
+
+    def per_request(self: Any, run: Any) -> float:
+        counted.append(run)
+        return {"bare": 100.0, "wrapped": 110.0, "wrapped_no_otel": 109.0, "wrapped_traced": 150.0}[run.mode]
+
+    monkeypatch.setattr(bench_callgrind, "_otel_missing", lambda: None)
+    monkeypatch.setattr(bench_callgrind, "upstream", lambda: contextlib.nullcontext("http://127.0.0.1:1"))
+    monkeypatch.setattr(bench_callgrind.Runner, "per_request", per_request)
+    results, [otel] = bench_callgrind.measure_all(["sync_cost"], n=3, stacks=["httpx2"],
+                                                  otel_cases=["sync_cost"], jobs=1)
+    assert sorted(run.mode for run in counted) == ["bare", "wrapped", "wrapped_no_otel", "wrapped_traced"]
+    assert results[0].wrapped == otel.untraced == 110.0
+    assert (otel.no_otel, otel.traced, otel.span_extra, otel.error) == (109.0, 150.0, 40.0, None)

@@ -80,3 +80,44 @@ def test_callgrind_goals_and_table_come_from_the_counted_results() -> None:
     assert "SSE stream of 22 events with final usage, httpx (instructions) | failed |" in page
     assert "| 1,000,000 | 1,020,000 | **1.020×** | +20,000 |" in page
     assert report_callgrind.HTTP_GOAL == 1.03
+
+
+OTEL = [
+    {"case": "sync_cost", "stack": "httpx2", "n": 400, "no_otel": 1_000_000.0, "untraced": 1_004_000.0,
+     "traced": 1_254_000.0, "api_ratio": 1.004, "span_extra": 250_000.0, "error": None},
+    {"case": "async_cost", "stack": "httpx2", "n": 400, "no_otel": 1_000_000.0, "untraced": 1_020_000.0,
+     "traced": None, "api_ratio": 1.02, "span_extra": None, "error": "wrapped_traced: boom"},
+]
+COUNTED = [{"case": "sync_cost", "stack": "httpx2", "bare": 900_000.0, "wrapped": 1_004_000.0,
+            "ratio": 1_004_000 / 900_000, "extra": 104_000.0}]
+INFO = {"datetime": "2026-12-02T00:30:00+00:00", "commit": "abcdef0+", "python": "3.11.7", "warmup": 30}
+
+
+def test_otel_goals_and_table_come_from_the_comparison() -> None:
+    """The API-without-provider ratio is a goal within 1 %; the span's cost is a table column."""
+    page = report.render(run(), {}, callgrind=COUNTED, otel=OTEL, callgrind_info=INFO)
+    goal = ("| opentelemetry-api, no provider, vs not installed: {}, httpx2 (instructions) | {} "
+            "| within ±1 % | {} |")
+    assert goal.format("sync POST, JSON body with `usage.cost`", "1.0040×", "met") in page
+    assert goal.format("async POST, JSON with `usage.cost`", "1.0200×", "**not met**") in page
+    assert "| 1,000,000 | 1,004,000 | **1.0040×** | 1,254,000 | **+250,000** | +24.9% |" in page
+    assert "| 1,000,000 | 1,020,000 | **1.0200×** | failed | — | — |" in page
+    assert "- async_cost on httpx2: wrapped_traced: boom" in page
+    assert "**Counted:** 2026-12-02 00:30 UTC at commit `abcdef0` (with uncommitted changes)" in page
+    assert page.index("## Goals") < page.index("## Per-request instructions") < page.index("## OpenTelemetry")
+
+
+def test_callgrind_only_rewrites_its_rows_and_sections_and_keeps_the_rest() -> None:
+    """A splice replaces the callgrind goal rows and sections; wall-clock rows, sections and prose stay."""
+    old_counted = [{**COUNTED[0], "wrapped": 1_100_000.0, "ratio": 1.1, "extra": 200_000.0}]
+    prose = {"callgrind": "Counting notes.\n", "otel": "Span notes.\n", "core": "Core notes.\n"}
+    old = report.render(run(entry(layout.GET, "x", 0.08, peer="bare")), prose, callgrind=old_counted)
+    assert "1.100×" in old and "## OpenTelemetry" not in old
+    new = report.splice_callgrind(old, COUNTED, OTEL, INFO)
+    assert "1.100×" not in new and "| 900,000 | 1,004,000 | **1.116×** | +104,000 |" in new
+    assert new.count("(instructions) |") == 3  # one HTTP goal, two OpenTelemetry goals
+    assert "| 8 threads × 1 ms: throughput vs bare | not in this run |" in new  # a wall-clock goal, kept
+    for key, body in prose.items():
+        assert new.count(f"<!-- prose {key} -->\n{body}<!-- /prose -->") == 1
+    assert new.index("## Goals") < new.index("## Per-request") < new.index("## OpenTelemetry")
+    assert report.splice_callgrind(new, COUNTED, OTEL, INFO) == new  # idempotent

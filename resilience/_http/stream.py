@@ -56,8 +56,8 @@ class _Watch:
     """The stream timers and the first-token clock of one attempt's body."""
 
     __slots__ = (
-        "attempt", "clock", "content", "deadline", "first_byte", "first_token", "got_bytes", "idle",
-        "inspector", "sse", "wait_from",
+        "attempt", "clock", "content", "deadline", "delivered", "first_byte", "first_token", "got_bytes",
+        "idle", "inspector", "paused", "sse", "wait_from", "wait_paused",
     )
 
     def __init__(self, attempt: Attempt, first_byte: float | None, first_token: float | None,
@@ -69,6 +69,10 @@ class _Watch:
         self.first_byte, self.first_token, self.idle = first_byte, first_token, idle
         self.got_bytes = self.content = False
         self.wait_from: float | None = None  # when the caller began waiting for the next content event
+        self.wait_paused = 0.0
+        self.paused = 0.0
+        """Seconds the caller spent not reading (before its first read, between chunks)."""
+        self.delivered: float | None = attempt.headers_at  # when the caller last got something
         deadline = attempt.call.deadline
         self.deadline = None if deadline is None else deadline.at
 
@@ -82,18 +86,26 @@ class _Watch:
         return cls(attempt, first, token, idle)
 
     def limit(self, asked: float) -> tuple[float, str] | None:
-        """The soonest limit on the read the caller asked for at ``asked``: (clock time, what)."""
+        """The soonest limit on the read the caller asked for at ``asked``: (clock time, what).
+
+        The provider's limits (first token, idle) leave out the time the caller
+        spent not reading: a late reader finds the chunks waiting, not late.
+        """
+        delivered = self.delivered
+        if delivered is not None:
+            self.paused += max(0.0, asked - delivered)
+            self.delivered = None
         soonest: tuple[float, str] | None = None
         if not self.got_bytes and self.first_byte is not None:
             soonest = (asked + self.first_byte, "first_byte")
         if not self.content and self.first_token is not None:
-            at = self.attempt.start + self.first_token
+            at = self.attempt.start + self.paused + self.first_token
             if soonest is None or at < soonest[0]:
                 soonest = (at, "first_token")
         if self.got_bytes and self.idle is not None:
             if self.wait_from is None:
-                self.wait_from = asked
-            at = self.wait_from + self.idle
+                self.wait_from, self.wait_paused = asked, self.paused
+            at = self.wait_from + self.idle + self.paused - self.wait_paused
             if soonest is None or at < soonest[0]:
                 soonest = (at, "idle")
         deadline = self.deadline
@@ -106,12 +118,13 @@ class _Watch:
         self.got_bytes = True
         inspector = self.inspector
         content = inspector.feed(chunk) if inspector is not None else bool(chunk)
+        now = self.delivered = self.clock()
         if content:
             self.wait_from = None
             if not self.content:
                 self.content = True
                 if self.sse:
-                    self.attempt.ttft = self.clock() - self.attempt.start
+                    self.attempt.ttft = now - self.attempt.start - self.paused
 
     def breach(self, what: str) -> StreamTimeoutError | DeadlineExceededError:
         attempt = self.attempt
@@ -150,8 +163,11 @@ def _cut(attempt: Attempt, exc: DeadlineExceededError) -> None:
         trace.end(exc)
 
 
-def _first_token(attempt: Attempt) -> None:
-    attempt.ttft = attempt.provider.clock() - attempt.start
+def _first_token(attempt: Attempt, asked: float) -> None:
+    """The first content event is here: the time to it, less the caller's wait before its first read."""
+    headers = attempt.headers_at
+    before = 0.0 if headers is None else max(0.0, asked - headers)
+    attempt.ttft = attempt.provider.clock() - attempt.start - before
 
 
 class SyncRecordingStream(_SyncBase):
@@ -168,10 +184,11 @@ class SyncRecordingStream(_SyncBase):
         try:
             if watch is None:
                 first_token = inspector is not None and inspector.sse
+                asked = attempt.provider.clock() if first_token else 0.0
                 for chunk in self._inner:
                     if inspector is not None and inspector.feed(chunk) and first_token:
                         first_token = False
-                        _first_token(attempt)
+                        _first_token(attempt, asked)
                     yield chunk
             else:
                 clock = watch.clock
@@ -231,10 +248,11 @@ class AsyncRecordingStream(_AsyncBase):
         try:
             if watch is None:
                 first_token = inspector is not None and inspector.sse
+                asked = attempt.provider.clock() if first_token else 0.0
                 async for chunk in self._inner:
                     if inspector is not None and inspector.feed(chunk) and first_token:
                         first_token = False
-                        _first_token(attempt)
+                        _first_token(attempt, asked)
                     yield chunk
             else:
                 chunks = self._inner.__aiter__()

@@ -130,7 +130,7 @@ def assert_rejections(registry: ProviderRegistry, run: Run) -> None:
 def assert_cost(provider: Provider, upstream: Upstream) -> None:
     """Invariant 3, exact: costs are multiples of 1/64."""
     snap = provider.snapshot()
-    assert snap.cost_total == upstream.cost_sent
+    assert snap.cost_total == upstream.cost_sent, (snap.cost_total, upstream.cost_sent, snap.requests_total)
     assert snap.window.cost_usd == upstream.cost_sent
     assert sum(model.window.cost_usd for model in snap.models) == upstream.cost_sent
 

@@ -75,6 +75,11 @@ SCENARIOS = [
     Scenario("hang_past_timeout", [("/ok/1", 3), ("/hang", 1)], chaos_policy()),
     Scenario("connection_reset", [("/reuse/1", 3), ("/reset", 1), ("/ok/2", 1)], chaos_policy()),
     Scenario("stall_mid_stream", [("/ok/1", 3), ("/stall", 1)], chaos_policy(idle_timeout=0.25)),
+    # what providers say in-band: a 200 stream that reports overloaded, a stream of keepalives only
+    Scenario("in_band_stream_error", [("/sse/1", 3), ("/sse_error", 1)], chaos_policy(),
+             async_stacks=("httpx2",)),
+    Scenario("keepalives_only", [("/sse/1", 3), ("/pings/100", 1)], chaos_policy(first_token_timeout=1.5),
+             async_stacks=("httpx2",)),
     # spread over four flap periods: on a fast stack 200 coroutines at once fit in one period, up or down
     Scenario("flapping", [("/flap/1", 1)], chaos_policy(), min_transitions=2, async_each=2, thread_each=40,
              pace=0.04, spread=0.6, async_stacks=("httpx2",)),
