@@ -5,6 +5,7 @@
     python benchmarks/bench_callgrind.py                     # every case; prints a markdown table
     python benchmarks/bench_callgrind.py --json run.json     # and writes the results as JSON
     python benchmarks/bench_callgrind.py sync_json guard -n 50
+    python benchmarks/bench_callgrind.py otel                # the OpenTelemetry comparison only
 
 Each (case, stack, mode) runs twice, in fresh processes under ``valgrind
 --tool=callgrind`` (the client process only), with the same argv, environment
@@ -17,12 +18,20 @@ HTTP cases go to a real uvicorn upstream on 127.0.0.1 in its own process
 (``callgrind_client.py``), bare (``stack.HTTPTransport()``) and wrapped
 (``resilience.ResilientTransport``) on the same stack, httpx and httpx2. The
 ``guard`` case makes no request: ``registry.guard`` beside a peer breaker.
+
+The ``otel`` comparison counts ``ResilientTransport`` three ways on the same
+stack (``OTEL_CASES`` on ``OTEL_STACKS``): without opentelemetry (made
+unimportable in the client), with opentelemetry-api and no tracer provider
+(the ``wrapped`` run of the main table, counted once), and with an
+opentelemetry-sdk provider whose spans are dropped: the first two should
+match within 1 %, the third less the second is what a span costs.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime
 import importlib.util
 import json
 import math
@@ -32,7 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -46,6 +55,12 @@ VALGRIND = "/usr/bin/valgrind"
 CASES = ("sync_json", "sync_cost", "sync_sse", "async_cost", "guard")
 STACKS = ("httpx", "httpx2")
 GUARD_PEERS = ("pybreaker", "circuitbreaker")
+OTEL = "otel"
+"""The pseudo-case that asks for the OpenTelemetry comparison."""
+OTEL_CASES = ("sync_cost", "async_cost")
+OTEL_STACKS = ("httpx2",)
+OTEL_MODES = ("wrapped_no_otel", "wrapped", "wrapped_traced")
+"""Without opentelemetry; opentelemetry-api, no provider; an SDK provider set (spans dropped)."""
 HTTP_N, GUARD_N = 400, 4000
 WARMUP = 30
 N_DIGITS = 7
@@ -79,6 +94,33 @@ class Result:
     def as_dict(self) -> dict[str, Any]:
         """The fields, the ratio and the extra, as JSON holds them."""
         return {**asdict(self), "ratio": self.ratio, "extra": self.extra}
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class OtelResult:
+    """Instructions per request through ``ResilientTransport``, without opentelemetry, untraced, traced."""
+
+    case: str
+    stack: str
+    n: int
+    no_otel: float | None = None
+    untraced: float | None = None
+    traced: float | None = None
+    error: str | None = None
+
+    @property
+    def api_ratio(self) -> float | None:
+        """opentelemetry-api installed and no provider, over not installed."""
+        return self.untraced / self.no_otel if self.untraced is not None and self.no_otel else None
+
+    @property
+    def span_extra(self) -> float | None:
+        """The instructions a span adds to each request (a provider set, over none)."""
+        return self.traced - self.untraced if self.traced is not None and self.untraced is not None else None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The fields, the ratio and the span's cost, as JSON holds them."""
+        return {**asdict(self), "api_ratio": self.api_ratio, "span_extra": self.span_extra}
 
 
 class Run(NamedTuple):
@@ -185,11 +227,25 @@ def _wait_ready(base_url: str, server: subprocess.Popen[bytes]) -> None:
 
 def measure(cases: Iterable[str] = CASES, n: int | None = None, *, stacks: Sequence[str] = STACKS,
             warmup: int = WARMUP, valgrind: str = VALGRIND, jobs: int = 2) -> list[Result]:
-    """Count every case on every stack; ``n`` measured requests each (default 200, 2,000 for ``guard``).
+    """Count every case on every stack; ``n`` measured requests each (default 400, 4,000 for ``guard``).
 
     ``jobs`` clients run under callgrind at once (counts do not depend on it).
     A run that fails (say, a stack the transport does not serve yet) is a
     :class:`Result` with its ``error``, not an exception.
+    """
+    results, _ = measure_all(cases, n, stacks=stacks, otel_cases=(), warmup=warmup, valgrind=valgrind,
+                             jobs=jobs)
+    return results
+
+
+def measure_all(cases: Iterable[str] = CASES, n: int | None = None, *, stacks: Sequence[str] = STACKS,
+                otel_cases: Iterable[str] = OTEL_CASES, otel_stacks: Sequence[str] = OTEL_STACKS,
+                warmup: int = WARMUP, valgrind: str = VALGRIND,
+                jobs: int = 2) -> tuple[list[Result], list[OtelResult]]:
+    """:func:`measure`, and the OpenTelemetry comparison of ``otel_cases`` on ``otel_stacks``.
+
+    Both share one upstream and count a run they have in common once. Without
+    opentelemetry-api and -sdk installed, the comparison's results carry an error.
     """
     pairs: list[tuple[Run, Run]] = []
     for case in cases:
@@ -199,12 +255,44 @@ def measure(cases: Iterable[str] = CASES, n: int | None = None, *, stacks: Seque
             pairs += [(Run(case, p, "bare", count), Run(case, "-", "wrapped", count)) for p in peers]
         else:
             pairs += [(Run(case, s, "bare", count), Run(case, s, "wrapped", count)) for s in stacks]
-    runs = list(dict.fromkeys(run for pair in pairs for run in pair))
-    with tempfile.TemporaryDirectory(prefix="callgrind-") as out_dir, upstream() as base_url:
-        runner = Runner(valgrind, Path(out_dir), base_url, warmup)
-        with ThreadPoolExecutor(jobs) as pool:
-            counted = dict(zip(runs, pool.map(runner.per_request, runs), strict=True))
-    return [_result(bare, counted[bare], counted[wrapped]) for bare, wrapped in pairs]
+    missing = _otel_missing()
+    triples = [tuple(Run(case, s, mode, HTTP_N if n is None else n) for mode in OTEL_MODES)
+               for case in otel_cases for s in otel_stacks]
+    counting = [] if missing else triples
+    runs = list(dict.fromkeys([*(run for pair in pairs for run in pair),
+                               *(run for triple in counting for run in triple)]))
+    counted: dict[Run, float | ClientFailed] = {}
+    if runs:
+        with tempfile.TemporaryDirectory(prefix="callgrind-") as out_dir, upstream() as base_url:
+            runner = Runner(valgrind, Path(out_dir), base_url, warmup)
+            with ThreadPoolExecutor(jobs) as pool:
+                counted = dict(zip(runs, pool.map(runner.per_request, runs), strict=True))
+    results = [_result(bare, counted[bare], counted[wrapped]) for bare, wrapped in pairs]
+    if missing:
+        return results, [OtelResult(case=t[0].case, stack=t[0].stack, n=t[0].n, error=missing)
+                         for t in triples]
+    return results, [_otel_result(triple, counted) for triple in triples]
+
+
+def _otel_missing() -> str | None:
+    """Why the OpenTelemetry comparison cannot run here, or ``None``."""
+    for module in ("opentelemetry.trace", "opentelemetry.sdk.trace"):
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except ModuleNotFoundError:
+            found = False
+        if not found:
+            return f"{module} is not installed (pip install opentelemetry-api opentelemetry-sdk)"
+    return None
+
+
+def _otel_result(triple: Sequence[Run], counted: Mapping[Run, float | ClientFailed]) -> OtelResult:
+    counts = [counted[run] for run in triple]
+    failed = [f"{run.mode}: {c}" for run, c in zip(triple, counts, strict=True)
+              if isinstance(c, ClientFailed)]
+    no_otel, untraced, traced = (_count_of(c) for c in counts)
+    return OtelResult(case=triple[0].case, stack=triple[0].stack, n=triple[0].n, no_otel=no_otel,
+                      untraced=untraced, traced=traced, error="; ".join(failed) or None)
 
 
 def _result(run: Run, bare: float | ClientFailed, wrapped: float | ClientFailed) -> Result:
@@ -233,28 +321,70 @@ def _number(value: float | None, spec: str) -> str:
     return "—" if value is None or not math.isfinite(value) else spec.format(value)
 
 
+def otel_markdown(results: Iterable[OtelResult]) -> str:
+    """| case | stack | no otel | otel, no provider | ratio | provider set | span |, Ir per request."""
+    rows = ["| case | stack | no otel | otel-api, no provider | ratio | provider set | span |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    for r in results:
+        counts = ("failed" if v is None else f"{v:,.0f}" for v in (r.no_otel, r.untraced, r.traced))
+        no_otel, untraced, traced = counts
+        ratio, span = _number(r.api_ratio, "{:.4f}×"), _number(r.span_extra, "{:+,.0f}")
+        rows.append(f"| {r.case} | {r.stack} | {no_otel} | {untraced} | {ratio} | {traced} | {span} |")
+    failures = [f"- otel {r.case} on {r.stack}: {r.error}" for r in results if r.error]
+    return "\n".join(rows + (["", *failures] if failures else []))
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Measure, print the table, and write the JSON if asked."""
+    """Measure, print the tables, and write the JSON if asked."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0] if __doc__ else None)
-    parser.add_argument("cases", nargs="*", metavar="CASE", help=f"any of {', '.join(CASES)} (default all)")
+    parser.add_argument("cases", nargs="*", metavar="CASE",
+                        help=f"any of {', '.join((*CASES, OTEL))} (default all)")
     parser.add_argument("-n", type=int, help=f"measured requests (default {HTTP_N}, {GUARD_N} for guard)")
     parser.add_argument("--warmup", type=int, default=WARMUP, help="requests before the measured ones")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the results here")
     args = parser.parse_args(argv)
-    unknown = sorted(set(args.cases) - set(CASES))
+    unknown = sorted(set(args.cases) - {*CASES, OTEL})
     if unknown:
-        parser.error(f"unknown cases {unknown}; the cases are {', '.join(CASES)}")
+        parser.error(f"unknown cases {unknown}; the cases are {', '.join((*CASES, OTEL))}")
     if not Path(VALGRIND).exists():
         sys.exit(f"{VALGRIND} is missing: apt-get install -y valgrind")
-    started = time.monotonic()
-    results = measure(args.cases or CASES, args.n, warmup=args.warmup)
+    cases = [c for c in args.cases if c != OTEL] if args.cases else list(CASES)
+    otel_cases = OTEL_CASES if not args.cases or OTEL in args.cases else ()
+    started, when, commit = time.monotonic(), datetime.datetime.now(datetime.UTC), _commit()
+    results, otel = measure_all(cases, args.n, otel_cases=otel_cases, warmup=args.warmup)
     seconds = time.monotonic() - started
-    print(markdown(results))
+    if results:
+        print(markdown(results))
+    if otel:
+        print(("\n" if results else "") + otel_markdown(otel))
     print(f"\nInstructions (Ir) per request, callgrind; warm-up {args.warmup}; {seconds:.0f} s.")
     if args.json:
         document = {"unit": "Ir per request", "warmup": args.warmup, "seconds": round(seconds, 1),
-                    "python": sys.version.split()[0], "results": [r.as_dict() for r in results]}
+                    "datetime": when.isoformat(timespec="seconds"), "commit": commit,
+                    "python": sys.version.split()[0], "valgrind": _valgrind_version(),
+                    "results": [r.as_dict() for r in results], "otel": [r.as_dict() for r in otel]}
         args.json.write_text(json.dumps(document, indent=2) + "\n")
+
+
+def _commit() -> str | None:
+    """The checked-out commit, with ``+`` when the tree has changes, or ``None`` outside git."""
+    root = CLIENT.parents[1]
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
+                              text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True,
+                               check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("+" if dirty else "")
+
+
+def _valgrind_version() -> str | None:
+    try:
+        return subprocess.run([VALGRIND, "--version"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
 
 
 if __name__ == "__main__":

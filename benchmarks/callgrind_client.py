@@ -11,7 +11,12 @@ callgrind's instrumentation on meanwhile), then sends ``N`` more; only ``N``
 differs between the two runs the harness subtracts. ``STACK`` is ``httpx``
 or ``httpx2`` (for ``guard``, the peer: ``pybreaker`` or ``circuitbreaker``);
 ``MODE`` is ``bare`` or ``wrapped`` (through ``resilience.ResilientTransport``,
-or ``registry.guard``).
+or ``registry.guard``), or for the HTTP cases one of the OpenTelemetry
+variants of ``wrapped``: ``wrapped_no_otel`` (``opentelemetry`` made
+unimportable before ``resilience`` is imported, as if not installed) and
+``wrapped_traced`` (an opentelemetry-sdk ``TracerProvider`` set globally
+before the warm-up, a ``SimpleSpanProcessor`` over an exporter that drops the
+spans; the client checks it got one span per request).
 """
 
 from __future__ import annotations
@@ -81,6 +86,57 @@ def serve(fd: int) -> None:
     uvicorn.Server(config).run(sockets=[socket.socket(fileno=fd)])
 
 
+WRAPPED_MODES = ("wrapped", "wrapped_no_otel", "wrapped_traced")
+"""The modes that go through ``ResilientTransport``."""
+
+
+def _otel(mode: str) -> Callable[[], int] | None:
+    """Set up what ``mode`` needs of OpenTelemetry, before ``resilience`` is imported.
+
+    ``wrapped_no_otel``: ``sys.modules["opentelemetry"] = None``, so any
+    ``import opentelemetry...`` raises ``ImportError`` (as without the package).
+    ``wrapped_traced``: the SDK's provider, set globally, its spans dropped;
+    returns how many spans it has dropped so far.
+    """
+    if mode == "wrapped_no_otel":
+        sys.modules["opentelemetry"] = None  # type: ignore[assignment]  # import raises ImportError
+        return None
+    if mode != "wrapped_traced":
+        return None
+    from collections.abc import Sequence
+
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+
+    dropped = [0]
+
+    class Dropping(SpanExporter):
+        """Counts the spans it is given, and drops them."""
+
+        def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+            dropped[0] += len(spans)
+            return SpanExportResult.SUCCESS
+
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(Dropping()))
+    trace.set_tracer_provider(provider)
+    return lambda: dropped[0]
+
+
+def _check_otel(mode: str) -> None:
+    """Exit unless the library sees what ``mode`` means: no package, or a provider set (or none)."""
+    from resilience._http import tracing
+
+    imported = [name for name, module in sys.modules.items() if name.startswith("opentelemetry") and module]
+    if mode == "wrapped_no_otel" and imported:
+        sys.exit(f"wrapped_no_otel: {', '.join(imported)} imported all the same")
+    if mode == "wrapped_traced" and tracing.installed_provider() is None:
+        sys.exit("wrapped_traced: the library sees no tracer provider")
+    if mode == "wrapped" and tracing.installed_provider() is not None:
+        sys.exit("wrapped: a tracer provider is set")
+
+
 def _registry() -> Any:
     import resilience
 
@@ -90,9 +146,10 @@ def _registry() -> Any:
 
 
 def _transport(stack: Any, mode: str, *, sync: bool) -> Any:
-    if mode == "wrapped":
+    if mode in WRAPPED_MODES:
         import resilience
 
+        _check_otel(mode)
         return resilience.ResilientTransport(_registry())
     return stack.HTTPTransport() if sync else stack.AsyncHTTPTransport()
 
@@ -166,12 +223,15 @@ def run(case: str, stack_name: str, mode: str, n: int, warmup: int, base_url: st
     if case == "guard":
         _repeat(_guard_call(stack_name, mode), warmup, n)
         return
+    spans = _otel(mode)
     stack = importlib.import_module(stack_name)
     if case == "async_cost":
         asyncio.run(_async_requests(stack, mode, base_url, warmup, n))
-        return
-    with stack.Client(transport=_transport(stack, mode, sync=True), base_url=base_url) as client:
-        _repeat(_sync_request(client, case), warmup, n)
+    else:
+        with stack.Client(transport=_transport(stack, mode, sync=True), base_url=base_url) as client:
+            _repeat(_sync_request(client, case), warmup, n)
+    if spans is not None and spans() != warmup + n:
+        sys.exit(f"wrapped_traced: {spans()} spans exported for {warmup + n} requests")
 
 
 def _repeat(call: Callable[[], None], warmup: int, n: int) -> None:

@@ -4,6 +4,8 @@
 
     python benchmarks/report.py                # runs pytest benchmarks --benchmark-only, then writes
     python benchmarks/report.py --json run.json   # writes from a saved pytest-benchmark JSON
+    python benchmarks/report.py --callgrind-only  # counts anew; rewrites only the callgrind parts
+    python benchmarks/report.py --callgrind-only --callgrind cg.json   # from a saved bench_callgrind run
 
 Tables are generated; hand-written text between ``<!-- prose KEY -->`` and
 ``<!-- /prose -->`` is kept and put back after the section named ``KEY``
@@ -230,8 +232,13 @@ CALLGRIND_INTRO = (
     "process only, against a real uvicorn upstream on 127.0.0.1 in its own process, bare "
     "(`HTTPTransport`) and through `ResilientTransport` on the same stack, each count from a fresh "
     "process as (Ir(N) − Ir(0)) / N. Counts do not move with the machine's load, so these are the "
-    "per-request goals. The `guard` rows are `registry.guard` beside each peer breaker's own call."
+    "per-request goals. The `guard` rows are `registry.guard` beside each peer breaker's own call. "
+    "`python benchmarks/report.py --callgrind-only` recounts these sections alone (about 10 minutes), "
+    "leaving the rest of the page as it is."
 )
+
+
+CALLGRIND_TITLE = "Per-request instructions (callgrind, real upstream)"
 
 
 def render(
@@ -239,9 +246,12 @@ def render(
     prose: dict[str, str],
     others: float | None = None,
     callgrind: list[dict[str, Any]] | None = None,
+    otel: list[dict[str, Any]] | None = None,
+    callgrind_info: dict[str, Any] | None = None,
 ) -> str:
     """The whole page (``others``: CPU other processes used during the run, in cores;
-    ``callgrind``: :func:`bench_callgrind.measure`'s results as dicts)."""
+    ``callgrind``, ``otel``: :func:`bench_callgrind.measure_all`'s results as dicts;
+    ``callgrind_info``: the rest of its JSON document, when and how it counted)."""
     groups = by_group(data)
     out = [
         "# Benchmarks", "",
@@ -251,11 +261,9 @@ def render(
         "(pytest-benchmark groups), on the machine noted. Times are per operation: the minimum over all",
         "rounds of a benchmark, then the median. Reproduce with `make bench`.", "",
         machine(data, others), "", "## Goals", "", *goal_rows(groups),
-        *report_callgrind.goal_rows(callgrind or []), "",
+        *callgrind_goal_rows(callgrind, otel), "",
+        *callgrind_sections(callgrind, otel, prose, callgrind_info),
     ]
-    if callgrind:
-        out += ["## Per-request instructions (callgrind, real upstream)", "", CALLGRIND_INTRO, "",
-                *report_callgrind.table(callgrind), "", *_prose("callgrind", prose)]
     shown: set[str] = set()
     for section in SECTIONS:
         present = [g for g in section.groups if g in groups]
@@ -278,11 +286,75 @@ def render(
         out += ["## Other benchmarks", ""]
         for group in rest:
             out += [*time_table(group, groups[group]), ""]
-    known = {s.key for s in SECTIONS} | {"callgrind"}
+    known = {s.key for s in SECTIONS} | _callgrind_prose(callgrind, otel)
     for name in prose:
         if name not in known:
             out += _prose(name, prose)
     return "\n".join(out).rstrip() + "\n"
+
+
+def _callgrind_prose(callgrind: list[dict[str, Any]] | None, otel: list[dict[str, Any]] | None) -> set[str]:
+    """The prose keys the callgrind sections put back (those of the sections there are results for)."""
+    return {key for key, results in (("callgrind", callgrind), ("otel", otel)) if results}
+
+
+def callgrind_goal_rows(
+    callgrind: list[dict[str, Any]] | None, otel: list[dict[str, Any]] | None
+) -> list[str]:
+    """The goals-table rows the callgrind counts measure."""
+    return [*report_callgrind.goal_rows(callgrind or []), *report_callgrind.otel_goal_rows(otel or [])]
+
+
+def callgrind_sections(
+    callgrind: list[dict[str, Any]] | None,
+    otel: list[dict[str, Any]] | None,
+    prose: dict[str, str],
+    info: dict[str, Any] | None = None,
+) -> list[str]:
+    """The callgrind table's section and the OpenTelemetry one (each only when counted), prose kept."""
+    out: list[str] = []
+    counted = report_callgrind.run_line(info or {})
+    if callgrind:
+        out += [f"## {CALLGRIND_TITLE}", "", CALLGRIND_INTRO, "", *([counted, ""] if counted else []),
+                *report_callgrind.table(callgrind), "", *_prose("callgrind", prose)]
+    if otel:
+        out += [f"## {report_callgrind.OTEL_TITLE}", "", report_callgrind.OTEL_INTRO, "",
+                *report_callgrind.otel_table(otel), "", *_prose("otel", prose)]
+    return out
+
+
+def splice_callgrind(
+    page: str,
+    callgrind: list[dict[str, Any]],
+    otel: list[dict[str, Any]],
+    info: dict[str, Any] | None = None,
+) -> str:
+    """``page`` with only its callgrind parts rewritten: their goal rows, their sections (prose kept).
+
+    The rest (the wall-clock tables, their goals and the machine line) is kept
+    as it was, for a run that counts instructions without timing anything.
+    """
+    prose = {m["key"]: m["body"] for m in PROSE.finditer(page)}
+    head, *sections = re.split(r"^(?=## )", page, flags=re.M)
+    titles = {f"## {CALLGRIND_TITLE}", f"## {report_callgrind.OTEL_TITLE}"}
+    placed_prose = _callgrind_prose(callgrind, otel)
+    kept = [PROSE.sub(lambda m: "" if m["key"] in placed_prose else m[0], s)  # put back in its section
+            for s in sections if s.split("\n", 1)[0] not in titles]
+    new = "\n".join(callgrind_sections(callgrind, otel, prose, info)).rstrip() + "\n\n"
+    rows = callgrind_goal_rows(callgrind, otel)
+    out, placed = [head], False
+    for section in kept:
+        if section.startswith("## Goals\n") and not placed:
+            lines = [line for line in section.split("\n") if "(instructions) |" not in line]
+            last = max((i for i, line in enumerate(lines) if line.startswith("|")), default=len(lines) - 1)
+            section = "\n".join([*lines[:last + 1], *rows, *lines[last + 1:]])
+            out += [section, new]
+            placed = True
+        else:
+            out.append(section)
+    if not placed:
+        out.append(new)
+    return "".join(out).rstrip() + "\n"
 
 
 def _prose(name: str, prose: dict[str, str]) -> list[str]:
@@ -298,13 +370,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=OUT, help="the page to rewrite (docs/benchmarks.md)")
     parser.add_argument("--save", type=Path, help="also keep the run's pytest-benchmark JSON here")
     parser.add_argument("--callgrind", type=Path, help="a bench_callgrind.py --json file, not counting anew")
+    parser.add_argument("--callgrind-only", action="store_true",
+                        help="rewrite only the callgrind goals and sections; no wall-clock benchmarks")
     args = parser.parse_args(argv)
-    if args.callgrind is not None:
-        callgrind = json.loads(args.callgrind.read_text())["results"]
-    else:
-        import bench_callgrind
-
-        callgrind = [r.as_dict() for r in bench_callgrind.measure()]
+    document = json.loads(args.callgrind.read_text()) if args.callgrind is not None else count_callgrind()
+    callgrind, otel = document["results"], document.get("otel", [])
+    info = {k: v for k, v in document.items() if k not in ("results", "otel")}
+    old = args.out.read_text(encoding="utf-8") if args.out.exists() else ""
+    if args.callgrind_only:
+        args.out.write_text(splice_callgrind(old, callgrind, otel, info), encoding="utf-8")
+        print(f"wrote the callgrind parts of {args.out} ({len(callgrind)} + {len(otel)} results)")
+        return 0
     others = None
     if args.json is None:
         with tempfile.TemporaryDirectory() as tmp:
@@ -315,14 +391,24 @@ def main(argv: list[str] | None = None) -> int:
                 args.save.write_text(path.read_text())
     else:
         data = json.loads(args.json.read_text())
-    old = args.out.read_text(encoding="utf-8") if args.out.exists() else ""
     prose = {m["key"]: m["body"] for m in PROSE.finditer(old)}
-    args.out.write_text(render(data, prose, others, callgrind), encoding="utf-8")
+    args.out.write_text(render(data, prose, others, callgrind, otel, info), encoding="utf-8")
     print(f"wrote {args.out} ({len(data['benchmarks'])} benchmarks, {len(prose)} prose blocks kept)")
     if others is not None and others > NOISY:
         print(f"note: other processes used {others:.2f} cores during the run; numbers may be noisy, re-run "
               "when the machine is quiet")
     return 0
+
+
+def count_callgrind() -> dict[str, Any]:
+    """The callgrind cases and the OpenTelemetry comparison counted: ``bench_callgrind.py --json``."""
+    import bench_callgrind
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "callgrind.json"
+        bench_callgrind.main(["--json", str(path)])
+        document: dict[str, Any] = json.loads(path.read_text())
+    return document
 
 
 if __name__ == "__main__":
