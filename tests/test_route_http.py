@@ -418,3 +418,29 @@ def test_sync_clients_fail_over_but_never_hedge() -> None:
     with httpx.Client(transport=transport) as client:
         response = client.post(f"{route.base_url}/chat", json={})
     assert response.status_code == 200 and route.snapshot().hedges == 0
+
+
+def test_a_streamed_answer_already_in_memory_is_recorded_with_its_first_token() -> None:
+    """An in-memory SSE body (the response reads it from memory, not from its stream) is still recorded."""
+    body = DELTA + USAGE
+
+    def in_memory(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers=SSE, content=body)
+
+    transport, registry, route, _ = setup({"a.test": sse(ERROR_EVENT), "b.test": in_memory})
+    with httpx.Client(transport=transport) as client:
+        response = client.post(f"{route.base_url}/chat", json={"stream": True})
+    assert response.content == body and response.extensions["resilience.provider"] == "b"
+    snap = registry.get("b").snapshot()
+    assert totals(registry, "b") == {"success": 1} and snap.tokens_total == (3, 5)
+    assert snap.ttft.p50 is not None and snap.cost_total == pytest.approx(0.125)
+
+
+def test_an_in_memory_stream_that_fails_before_content_fails_over() -> None:
+    transport, registry, route, _ = setup({
+        "a.test": lambda request: httpx.Response(200, headers=SSE, content=ERROR_EVENT),
+        "b.test": sse(DELTA),
+    })
+    with httpx.Client(transport=transport) as client:
+        response = client.post(f"{route.base_url}/chat", json={"stream": True})
+    assert response.content == DELTA and totals(registry, "a") == {"failure": 1}

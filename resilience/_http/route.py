@@ -391,8 +391,13 @@ class RouteCall:
         response = attempt.response
         assert response is not None
         attempt.inspector = inspector = BodyInspector.for_headers(response.headers)
+        in_memory = response.stream.__class__ is self.stack.byte_stream
         wrapped = SyncRecordingStream(response.stream, attempt)  # type: ignore[arg-type]  # a sync stream
         chunks = iter(wrapped)
+        if in_memory:  # the response holds its body already (and reads it from there): all of it, now
+            for _ in chunks:
+                pass
+            return self.in_memory_step(step, call, attempt)
         buffered: list[bytes] = []
         try:
             for chunk in chunks:
@@ -413,6 +418,16 @@ class RouteCall:
             return step
         response.stream = CommittedSyncStream(buffered, chunks, wrapped)
         step.final = response
+        return step
+
+    def in_memory_step(self, step: Step, call: Call, attempt: Attempt) -> Step:
+        """A streamed answer whose body was in memory, read and recorded: committed unless it failed
+        before its first content event."""
+        inspector = attempt.inspector
+        if inspector is not None and inspector.in_band is not None and attempt.ttft is None:
+            step.reason, step.pending = "in_band_error", PendingResponse(call, attempt)
+            return step
+        step.final = attempt.response
         return step
 
     def moved(self, step: Step) -> None:
@@ -509,8 +524,13 @@ class RouteCall:
         response = attempt.response
         assert response is not None
         attempt.inspector = inspector = BodyInspector.for_headers(response.headers)
+        in_memory = response.stream.__class__ is self.stack.byte_stream
         wrapped = AsyncRecordingStream(response.stream, attempt)  # type: ignore[arg-type]  # an async stream
         chunks = wrapped.__aiter__()
+        if in_memory:  # the response holds its body already (and reads it from there): all of it, now
+            async for _ in chunks:
+                pass
+            return self.in_memory_step(step, call, attempt)
         buffered: list[bytes] = []
         try:
             async for chunk in chunks:
