@@ -181,8 +181,19 @@ class Call:
     def send_sync(self, send: SyncSend) -> httpx2.Response:
         """Send once; resend once at once if the request provably never reached the provider whole."""
         if not self.traced:
-            return send(self.request)  # no pool of ours behind it: nothing to tell
-        return send_watching_sync(send, self.request, self.stack, self.may_resend)
+            response = send(self.request)  # no pool of ours behind it: nothing to tell
+        else:
+            response = send_watching_sync(send, self.request, self.stack, self.may_resend)
+        if self.deadline is not None:
+            self.in_time(response)
+        return response
+
+    def in_time(self, response: httpx2.Response) -> None:
+        """A sync send cannot be cut: a response that came past the deadline is dropped, and it raises."""
+        deadline = self.deadline
+        if deadline is not None and self.provider.clock() >= deadline.at:
+            response.close()
+            raise self.exceeded()
 
     async def send_async(self, send: AsyncSend) -> httpx2.Response:
         """:meth:`send_sync` for async transports; with a deadline, cut by a timer at it."""
@@ -228,6 +239,8 @@ class Call:
                     response = send_watching_sync(send, self.request, self.stack, self.may_resend)
                 else:
                     response = send(self.request)
+                if self.deadline is not None:
+                    self.in_time(response)
             except BaseException as exc:
                 attempt = self.first_failed(attempt, exc)
             else:

@@ -243,7 +243,12 @@ class RouteCall:
             self.trace = CallTrace(span)
 
     def failed(self, exc: BaseException) -> None:
-        """The route call raised ``exc``: a failure of the route (unless it was a rejection), on the span."""
+        """The route call raised ``exc``: a failure of the route (unless it was a rejection), on the span.
+
+        A deadline that cut one target's attempt is the route call's: its ``provider`` is the route.
+        """
+        if isinstance(exc, DeadlineExceededError):
+            exc.provider = self.route.name
         if not self.ended and isinstance(exc, Exception):
             self.ended = True
             self.route.record("failure")
