@@ -318,3 +318,27 @@ def test_a_streamed_attempt_is_slow_by_its_first_token_not_its_length() -> None:
     transport, registry, _ = setup([(200, SSE, fast_first)], policy, clock)
     httpx.Client(transport=transport).post(URL, json={})
     assert registry.get("example").snapshot().window.slow == 0  # a 60 s answer with a fast first token
+
+
+def test_an_sse_body_already_in_memory_has_its_first_token_with_its_headers() -> None:
+    """MockTransport-style in-memory SSE: the time to first token is the time to the headers."""
+    from resilience._asgi.dashboard import health_payload
+
+    clock = FakeClock(1000.0)
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        clock.advance(0.4)
+        return httpx.Response(200, headers=SSE, content=DELTA + b"data: [DONE]\n\n")
+
+    registry = ProviderRegistry(clock=clock)
+    registry.register("example", hosts=["api.example.com"])
+    transport = ResilientTransport(registry, httpx.MockTransport(answer))
+    httpx.Client(transport=transport).post(URL, json={"model": "m", "stream": True})
+    (provider,) = health_payload(registry)["providers"]
+    assert provider["ttft_ms"]["p50"] == pytest.approx(400, rel=0.06)
+    no_content = ProviderRegistry(clock=clock)
+    no_content.register("example", hosts=["api.example.com"])
+    pings = httpx.MockTransport(lambda r: httpx.Response(200, headers=SSE, content=b": ping\n\n"))
+    silent = ResilientTransport(no_content, pings)
+    httpx.Client(transport=silent).post(URL, json={})
+    assert health_payload(no_content)["providers"][0]["ttft_ms"]["p50"] is None

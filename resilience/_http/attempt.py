@@ -47,8 +47,8 @@ class Attempt:
     delay: float | None = None
     """The wait chosen before the retry that follows this attempt."""
     inspector: BodyInspector | None = None
-    body: tuple[Mapping[str, Any] | None, str | None, str | None] | None = None
-    """``(usage, problem, in-band error)`` of a body the call read whole before returning it."""
+    body: tuple[Mapping[str, Any] | None, str | None, str | None, bool] | None = None
+    """``(usage, problem, in-band error, content event)`` of a body read whole before it was returned."""
     ttft: float | None = None
     """Seconds from the start to the first content event (SSE responses)."""
     lost = False
@@ -90,7 +90,7 @@ class Attempt:
         problem = in_band = None
         body = self.body
         if body is not None:  # read whole: its cost is known even when it is discarded for a retry
-            usage, problem, in_band = body
+            usage, problem, in_band, _ = body
             costed = True
         else:
             inspector = self.inspector
@@ -109,6 +109,9 @@ class Attempt:
             return
         if self.body is None:
             self.body = whole_body(self.response.headers, body)
+        if self.body[3] and self.headers_at is not None:  # an SSE body in memory: its first token came
+            self.ttft = self.headers_at - self.start  # with the headers
+        self.headers_at = None  # not streamed: judged by its whole duration
         self.finish()
 
     def _record(

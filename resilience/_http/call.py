@@ -380,7 +380,6 @@ class Call:
             return response
         stream = response.stream
         if stream.__class__ is self.stack.byte_stream:
-            attempt.headers_at = None  # not streamed: the body is already here
             attempt.finish_body(in_memory_body(stream))  # type: ignore[arg-type]  # a ByteStream
         else:
             attempt.inspector = BodyInspector.for_headers(response.headers)

@@ -349,25 +349,28 @@ def body_kind(headers: AnyHeaders) -> tuple[str | None, bytes | None]:
 
 def whole_body(
     headers: AnyHeaders, body: bytes
-) -> tuple[Mapping[str, Any] | None, str | None, str | None]:
-    """``(usage, problem, in-band error)`` of a body already in memory (see :class:`BodyInspector`)."""
+) -> tuple[Mapping[str, Any] | None, str | None, str | None, bool]:
+    """``(usage, problem, in-band error, holds a content event)`` of a body already in memory.
+
+    See :class:`BodyInspector`; the last is ``True`` only for SSE bodies with a content event.
+    """
     kind, encoding = body_kind(headers)
     if kind is None:
-        return None, None, None
+        return None, None, None, False
     if kind == "json" and encoding is None:
         if len(body) > JSON_CAP:
-            return None, INCOMPLETE, None
+            return None, INCOMPLETE, None, False
         usage, problem = json_usage(body)
-        return usage, problem, json_error(body)
+        return usage, problem, json_error(body), False
     inspector = BodyInspector(sse=kind == "sse", encoding=encoding)
     if encoding is not None and encoding not in (b"gzip", b"x-gzip", b"deflate"):
-        return None, INCOMPLETE, None
-    inspector.feed(body)
+        return None, INCOMPLETE, None, False
+    content = inspector.feed(body) and kind == "sse"
     usage, problem = inspector.result(True)
-    return usage, problem, inspector.in_band
+    return usage, problem, inspector.in_band, content
 
 
 def whole_body_usage(headers: AnyHeaders, body: bytes) -> tuple[Mapping[str, Any] | None, str | None]:
     """:meth:`BodyInspector.result` for a body already in memory."""
-    usage, problem, _ = whole_body(headers, body)
+    usage, problem, _, _ = whole_body(headers, body)
     return usage, problem
