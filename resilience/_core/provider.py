@@ -351,6 +351,7 @@ class Provider:
         cost: float | None = None,
         input_tokens: int = 0,
         output_tokens: int = 0,
+        ttft: float | None = None,
     ) -> None:
         """A success: lock-free while closed, not slow and its cost valid, else :meth:`record`.
 
@@ -358,25 +359,26 @@ class Provider:
         until the next fold; a streamed response's ``time_to_headers``, a
         ``cost`` and tokens travel with its duration.
         """
-        judged = duration if time_to_headers is None else time_to_headers
+        judged = ttft if ttft is not None else duration if time_to_headers is None else time_to_headers
         if (
             permit == self._breaker.closed_permit
             and judged < self._slow_s
             and (cost is None or 0 <= cost <= MAX_ATTEMPT_COST_USD)
         ):
             window = self._stats if model is None else model
-            if time_to_headers is None and cost is None and not (input_tokens or output_tokens):
+            plain = time_to_headers is None and ttft is None and cost is None
+            if plain and not (input_tokens or output_tokens):
                 pending: list[Any] = window.pending
                 pending.append(duration)
             else:
                 pending = window.rich
-                pending.append((duration, time_to_headers, cost, input_tokens, output_tokens))
+                pending.append((duration, time_to_headers, cost, input_tokens, output_tokens, ttft))
             if now >= self._fold_at or len(pending) >= FOLD_BATCH:
                 self.fold(now)
             return
         self.record(
             permit, "success", duration, model=model, cost=cost, input_tokens=input_tokens,
-            output_tokens=output_tokens, time_to_headers=time_to_headers, now=now,
+            output_tokens=output_tokens, time_to_headers=time_to_headers, now=now, ttft=ttft,
         )
 
     def record(
@@ -510,6 +512,11 @@ class Provider:
             counts = Counter(map(bucket_of, durations))
             if window is not stats:
                 window.record_successes(when, len(durations), counts, more)
+                if more is not None and more.ttft:
+                    ttft_window = window.ttft
+                    if ttft_window is None:
+                        ttft_window = window.ttft = TimeWindow(self.policy.stats_window_seconds)
+                    ttft_window.record_successes(when, len(more.ttft), Counter(map(bucket_of, more.ttft)))
             latency.update(counts)
             n += len(durations)
             total += math.fsum(durations)
@@ -528,6 +535,13 @@ class Provider:
                 if extras.headers:
                     headers = Counter(map(bucket_of, extras.headers))
                     self._headers_window.record_successes(when, len(extras.headers), headers)
+                if extras.ttft:
+                    firsts = Counter(map(bucket_of, extras.ttft))
+                    self._ttft.record_successes(when, len(extras.ttft), firsts)
+                    lifetime_ttft = self._ttft_counts
+                    for index, count in firsts.items():
+                        lifetime_ttft[PROMETHEUS_BUCKET[index]] += count
+                    self._ttft_sum += math.fsum(extras.ttft)
             self._breaker.add_successes_locked(when, n)
             self._requests_total[SUCCESS] += n
             lifetime = self._duration_counts

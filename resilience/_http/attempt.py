@@ -136,10 +136,10 @@ class Attempt:
             to_headers = None if headers_at is None else headers_at - self.start
             call = self.call
             ttft = self.ttft
-            if outcome == "success" and judged and not cost.unknown and ttft is None:
+            if outcome == "success" and judged and not cost.unknown:
                 provider.record_success(
                     self.permit, duration, now, call.model, to_headers, cost.cost, cost.input_tokens,
-                    cost.output_tokens,
+                    cost.output_tokens, ttft,
                 )
             else:
                 provider.record(

@@ -152,6 +152,19 @@ class BodyInspector:
             self._keep_partial(data)
             return False
         complete, rest = data[:cut], data[cut + 1 :]
+        if (
+            self._event is None
+            and complete.find(b"usage") < 0
+            and complete.find(b"error") < 0
+            and complete.find(b"ping") < 0
+        ):  # nothing to read in these lines: only whether one of them is a content event's data
+            start = 0
+            if self._skip_line:  # the tail of a line too long to keep: neither content nor usage
+                first = complete.find(b"\n")
+                start = len(complete) if first < 0 else first + 1
+            self._skip_line = False
+            self._keep_partial(rest)
+            return complete.find(b"data:", start) >= 0
         lines = complete.split(b"\n")
         if self._skip_line:
             lines[0] = b""  # the tail of a line too long to keep: neither content nor usage
