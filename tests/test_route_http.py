@@ -444,3 +444,92 @@ def test_an_in_memory_stream_that_fails_before_content_fails_over() -> None:
     with httpx.Client(transport=transport) as client:
         response = client.post(f"{route.base_url}/chat", json={"stream": True})
     assert response.content == DELTA and totals(registry, "a") == {"failure": 1}
+
+
+# -- found in review: each a regression test ------------------------------------------
+
+
+@VIRTUAL_TIME
+async def test_a_hedge_and_its_race_answering_at_once_leave_one_call_recorded() -> None:
+    async def both_at_once(request: httpx.Request) -> httpx.Response:
+        await anyio.sleep(0.2 if request.url.host == "a.test" else 0.1)  # both answer at t = 0.2
+        return httpx.Response(200, json={"usage": {"cost": 0.5}})
+
+    answers: dict[str, Any] = {"a.test": both_at_once, "b.test": both_at_once}
+    transport, registry, route, _ = setup(
+        answers,
+        policy=resilience.RoutePolicy(order="priority", hedge_after_seconds=0.1), clock=anyio.current_time,
+    )
+    async with httpx.AsyncClient(transport=transport) as client:
+        response = await client.post(f"{route.base_url}/chat", json={})
+    served = response.extensions["resilience.provider"]
+    other = "b" if served == "a" else "a"
+    assert totals(registry, served) == {"success": 1} and totals(registry, other) == {}
+    assert sum(route.snapshot().hedges_total.values()) == 1
+    assert registry.get(other).snapshot().cost_total in (0.0, 0.5)  # lost: cancelled, or its cost added
+
+
+@VIRTUAL_TIME
+async def test_a_hedged_route_past_its_deadline_raises_the_deadline_error_itself() -> None:
+    answers: dict[str, Any] = {"a.test": slow_then(10.0, ok()), "b.test": slow_then(10.0, ok())}
+    transport, registry, route, _ = setup(
+        answers,
+        policy=resilience.RoutePolicy(order="priority", hedge_after_seconds=0.5, deadline_seconds=1.0),
+        clock=anyio.current_time,
+    )
+    async with httpx.AsyncClient(transport=transport) as client:
+        with pytest.raises(resilience.DeadlineExceededError) as caught:
+            await client.post(f"{route.base_url}/chat", json={})
+    assert isinstance(caught.value, httpx.TimeoutException) and caught.value.provider == "chat"
+    assert totals(registry, "a") == {} and totals(registry, "b") == {}
+
+
+def test_a_deadline_met_while_a_failed_answer_is_read_still_records_that_failure() -> None:
+    clock = FakeClock(1000.0)
+
+    class Slow(SyncStream, AsyncStream):
+        def __iter__(self) -> Iterator[bytes]:
+            yield b'{"error": {"message": "x"'
+            clock.advance(2.0)
+            yield b"}}"
+
+    answers: dict[str, Answer] = {
+        "a.test": lambda r: httpx.Response(200, headers={"content-type": "application/json"}, stream=Slow()),
+        "b.test": ok(),
+    }
+    transport, registry, route, _ = setup(
+        answers, policy=resilience.RoutePolicy(order="priority", deadline_seconds=1.0), clock=clock
+    )
+    with httpx.Client(transport=transport) as client, pytest.raises(resilience.DeadlineExceededError):
+        client.post(f"{route.base_url}/chat", json={})
+    assert totals(registry, "a") == {"failure": 1}  # recorded, and its permit is back
+
+
+def test_a_streaming_upload_reaches_a_target_with_its_host_and_framing() -> None:
+    transport, _, route, upstreams = setup({"a.test": ok()})
+
+    def body() -> Iterator[bytes]:
+        yield b'{"model": "chat"}'
+
+    with httpx.Client(transport=transport) as client:
+        assert client.post(f"{route.base_url}/chat", content=body()).status_code == 200
+    (sent,) = upstreams.seen
+    assert sent.headers["host"] == "a.test" and sent.headers["transfer-encoding"] == "chunked"
+
+
+def test_calls_the_breaker_rejects_do_not_use_up_the_quota_hold_counts() -> None:
+    clock = FakeClock(1000.0)
+    registry = ProviderRegistry(Policy(retry=RetryPolicy(attempts=1), hold_when_exhausted=True), clock=clock)
+    registry.register("a", hosts=["a.test"])
+    quota = {"x-ratelimit-limit-requests": "100", "x-ratelimit-remaining-requests": "10",
+             "x-ratelimit-reset-requests": "60s"}
+    upstream = httpx.MockTransport(lambda r: httpx.Response(200, headers=quota))
+    transport = ResilientTransport(registry, upstream)
+    with httpx.Client(transport=transport) as client:
+        client.get("https://a.test/x")
+        registry.get("a").open_for(5.0)
+        for _ in range(20):
+            with pytest.raises(CircuitOpenError, match="open"):
+                client.get("https://a.test/x")
+        clock.advance(6.0)
+        assert client.get("https://a.test/x").status_code == 200  # 10 left: not held as exhausted

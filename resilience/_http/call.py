@@ -228,11 +228,12 @@ class Call:
         try:
             if self.deadline is not None:
                 self.starting(now)
-            if provider.holds and (wait := provider.quota_gate(now)) is not None:
-                raise self.held(now, wait)  # an exhausted quota: held, no network
             permit = provider._breaker.closed_permit  # admission, inlined
             if permit < 0:
                 permit = self.admit()
+            if provider.holds and (wait := provider.quota_gate(now)) is not None:
+                provider.release(permit)  # admitted by the breaker, held by the quota: no network
+                raise self.held(now, wait)
             attempt = Attempt(self, permit, now, 1)
             try:  # send_sync, inlined
                 if self.traced:
@@ -265,11 +266,12 @@ class Call:
         try:
             if self.deadline is not None:
                 self.starting(now)
-            if provider.holds and (wait := provider.quota_gate(now)) is not None:
-                raise self.held(now, wait)  # an exhausted quota: held, no network
             permit = provider._breaker.closed_permit  # admission, inlined
             if permit < 0:
                 permit = self.admit()
+            if provider.holds and (wait := provider.quota_gate(now)) is not None:
+                provider.release(permit)  # admitted by the breaker, held by the quota: no network
+                raise self.held(now, wait)
             attempt = Attempt(self, permit, now, 1)
             try:  # send_async, inlined
                 if self.deadline is not None:

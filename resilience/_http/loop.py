@@ -140,9 +140,11 @@ def admit_retry(call: Call) -> int:
         if deadline.at <= now:
             raise _PastDeadline  # no retry starts past the deadline: the last result goes back
         cap_timeouts(call.request, deadline.at - now)
+    permit = call.admit()
     if provider.holds and (wait := provider.quota_gate(now)) is not None:
+        provider.release(permit)  # the quota holds it: the breaker's permit goes back
         raise call.held(now, wait)
-    return call.admit()
+    return permit
 
 
 def wants_retry(call: Call, attempt: Attempt) -> bool:

@@ -46,7 +46,7 @@ from resilience._http.attempt import Attempt
 from resilience._http.call import AsyncSend, Call, SyncSend
 from resilience._http.deadline import call_deadline, exceeded
 from resilience._http.errors import DeadlineExceededError
-from resilience._http.inspect import BodyInspector, body_kind, in_memory_body
+from resilience._http.inspect import BodyInspector, body_kind, in_memory_body, whole_body
 from resilience._http.observe import CallTrace
 from resilience._http.resolve import _MODEL, model_from_body
 from resilience._http.stacks import ASYNC_STREAM_BASES, SYNC_STREAM_BASES, Stack
@@ -115,10 +115,16 @@ def target_request(
     else:
         extensions["model"] = name
     target_url = target.base_url + path.decode("ascii")
-    if content is None:
-        return stack.module.Request(  # type: ignore[no-any-return]
-            request.method, target_url, headers=headers, stream=request.stream, extensions=extensions
+    if content is None:  # a streaming upload: sent once, framed as the caller framed it
+        framing = [(k, v) for k, v in request.headers.multi_items()
+                   if k.lower() in ("content-length", "transfer-encoding") and k.lower() not in own]
+        target_request = stack.module.Request(
+            request.method, target_url, headers=headers + framing, stream=request.stream,
+            extensions=extensions,
         )
+        if "host" not in target_request.headers:
+            target_request.headers["host"] = target_request.url.netloc.decode("ascii")
+        return target_request  # type: ignore[no-any-return]
     return stack.module.Request(  # type: ignore[no-any-return]
         request.method, target_url, headers=headers, content=content, extensions=extensions
     )
@@ -130,7 +136,7 @@ def target_request(
 class Step:
     """One target's attempt: committed (``final``), or a fault with what it left behind."""
 
-    __slots__ = ("attempt", "call", "error", "final", "pending", "reason", "target")
+    __slots__ = ("attempt", "call", "deferred", "error", "final", "pending", "reason", "target")
 
     def __init__(self, target: Target, call: Call | None, attempt: Attempt | None = None) -> None:
         self.target = target
@@ -141,6 +147,8 @@ class Step:
         self.error: Exception | None = None
         self.pending: Any = None
         """A failed response kept, unrecorded, in case no later target answers: returned then."""
+        self.deferred = False
+        """``final`` is not delivered (recorded) yet: a hedge's, until it is known to have won."""
         self.reason = "error"
 
 
@@ -302,11 +310,12 @@ class RouteCall:
         call.trace, call.routed = self.trace, True
         if call.deadline is not None:
             call.starting(now)
+        permit = call.admit()
         if provider.holds and (wait := provider.quota_gate(now)) is not None:
+            provider.release(permit)
             if self.trace is not None:
                 self.trace.span.rejected(provider.name, wait)
             raise call.held(now, wait)
-        permit = call.admit()
         self.attempts += 1
         if self.trace is not None:
             self.trace.attempts_made = self.attempts
@@ -355,6 +364,10 @@ class RouteCall:
                 call, attempt = self.admit(target, provider)
             except CircuitOpenError:
                 continue  # it stopped admitting since it was chosen
+            except DeadlineExceededError:
+                if last is not None:
+                    self.moved(last)  # what the last target left is recorded and closed
+                raise
             if last is not None:
                 self.moved(last)
                 self.failover(last, target)
@@ -413,6 +426,9 @@ class RouteCall:
                     return step
                 if chunk and _committed(attempt):
                     break
+        except DeadlineExceededError:  # let go by the stream: the call's deadline, not a fault
+            wrapped.close()
+            raise
         except Exception as exc:  # recorded by the stream: a failure before commit
             wrapped.close()
             step.error, step.reason = exc, "stream_error"
@@ -488,6 +504,10 @@ class RouteCall:
                 call, attempt = self.admit(target, provider)
             except CircuitOpenError:
                 continue
+            except DeadlineExceededError:
+                if last is not None:
+                    await self.moved_async(last)
+                raise
             if last is not None:
                 await self.moved_async(last)
                 self.failover(last, target)
@@ -499,7 +519,10 @@ class RouteCall:
             raise self.rejected(self.route.candidates()[1])
         return await self.last_async(last)
 
-    async def attempt_async(self, target: Target, call: Call, attempt: Attempt, send: AsyncSend) -> Step:
+    async def attempt_async(
+        self, target: Target, call: Call, attempt: Attempt, send: AsyncSend, defer: bool = False
+    ) -> Step:
+        """One target's attempt; with ``defer`` (hedging) a body in memory is not recorded until it wins."""
         step = Step(target, call, attempt)
         try:
             response = await call.send_async(send)
@@ -511,10 +534,9 @@ class RouteCall:
         if fault:
             return step
         if not 200 <= response.status_code < 300:
-            step.final = call.deliver(attempt, AsyncRecordingStream)
-            return step
+            return self.final(step, call, attempt, defer)
         if streamed:
-            return await self.commit_stream_async(step, call, attempt)
+            return await self.commit_stream_async(step, call, attempt, defer)
         attempt = await call.read_async(attempt)
         if attempt.error is not None:
             step.error, step.reason = attempt.error, "transport_error"
@@ -522,12 +544,29 @@ class RouteCall:
         if attempt.outcome != "success":
             step.reason, step.pending = "in_band_error", PendingResponse(call, attempt)
             return step
-        step.final = call.deliver(attempt, AsyncRecordingStream)
+        return self.final(step, call, attempt, defer)
+
+    @staticmethod
+    def final(step: Step, call: Call, attempt: Attempt, defer: bool) -> Step:
+        """The answer to return: delivered now, or (``defer``) once it has won its race."""
+        if defer:
+            step.final, step.deferred = attempt.response, True
+        else:
+            step.final = call.deliver(attempt, AsyncRecordingStream)
         return step
 
-    async def commit_stream_async(self, step: Step, call: Call, attempt: Attempt) -> Step:
+    async def commit_stream_async(
+        self, step: Step, call: Call, attempt: Attempt, defer: bool = False
+    ) -> Step:
         response = attempt.response
         assert response is not None
+        if defer and response.stream.__class__ is self.stack.byte_stream:
+            # in memory: judged from its bytes, recorded only once it wins (or as lost)
+            attempt.body = found = whole_body(response.headers, in_memory_body(response.stream))  # type: ignore[arg-type]
+            if found[2] is not None and not found[3]:
+                step.reason, step.pending = "in_band_error", PendingResponse(call, attempt)
+                return step
+            return self.final(step, call, attempt, True)
         attempt.inspector = inspector = BodyInspector.for_headers(response.headers)
         in_memory = response.stream.__class__ is self.stack.byte_stream
         wrapped = AsyncRecordingStream(response.stream, attempt)  # type: ignore[arg-type]  # an async stream
@@ -546,6 +585,10 @@ class RouteCall:
                     return step
                 if chunk and _committed(attempt):
                     break
+        except DeadlineExceededError:
+            with anyio.CancelScope(shield=True):
+                await wrapped.aclose()
+            raise
         except Exception as exc:
             with anyio.CancelScope(shield=True):
                 await wrapped.aclose()
@@ -609,11 +652,12 @@ class RouteCall:
         winner: _Lane | None = None
         last: Step | None = None
         hedging = True
+        error: Exception | None = None  # raised once the task group is over (never from inside it)
 
         async def run(lane: _Lane) -> None:
             with lane.scope:
                 try:
-                    step = await self.attempt_async(lane.target, lane.call, lane.attempt, send)
+                    step = await self.attempt_async(lane.target, lane.call, lane.attempt, send, defer=True)
                 except DeadlineExceededError as exc:  # let go by its call already
                     step = Step(lane.target, lane.call, lane.attempt)
                     step.error, step.reason = exc, "deadline"
@@ -621,12 +665,17 @@ class RouteCall:
                 sender.send_nowait((lane, step))
 
         def launch(group: anyio.abc.TaskGroup, hedge: bool) -> _Lane | None:
+            nonlocal error
             while queue:
                 target, provider = queue.pop(0)
                 try:
                     call, attempt = self.admit(target, provider)
                 except CircuitOpenError:
                     continue
+                except DeadlineExceededError as exc:  # raised once the task group is over
+                    error = exc
+                    queue.clear()
+                    return None
                 if hedge and not route.try_hedge():
                     attempt.release()
                     self.attempts -= 1
@@ -640,10 +689,9 @@ class RouteCall:
                 return lane
             return None
 
-        error: Exception | None = None  # raised once the task group is over (never from inside it)
         try:
             async with anyio.create_task_group() as group:
-                if launch(group, False) is None:
+                if launch(group, False) is None and error is None:
                     error = self.rejected(route.candidates()[1])
                 live = 0 if error is not None else 1
                 deadline = self.deadline
@@ -662,6 +710,8 @@ class RouteCall:
                         break
                     if timer.cancelled_caught:
                         if launch(group, True) is None:
+                            if error is not None:
+                                break  # the deadline passed as the hedge was to start
                             hedging = False  # the budget is spent, or no target is left
                         else:
                             live += 1
@@ -690,6 +740,7 @@ class RouteCall:
             for other in lanes:
                 if other is not winner and other.step is not None and other.step.final is not None:
                     other.attempt.lost = True
+                    other.attempt.finish()  # lost: its cost, when known, and nothing else
                     with anyio.CancelScope(shield=True):
                         await other.step.final.aclose()
                 elif other is not winner and other.step is not None and other.step is not last:
@@ -719,6 +770,8 @@ class RouteCall:
         self.route.record("success")
         response = step.final
         assert response is not None
+        if step.deferred and step.call is not None and step.attempt is not None:
+            response = step.final = step.call.deliver(step.attempt, AsyncRecordingStream)
         self.finishing(step, step.call, step.attempt)
         return self.labelled(response, step.target)
 
@@ -730,6 +783,8 @@ class RouteCall:
         trace.answered, trace.attempts_made = step.target.provider, self.attempts
         call.final = attempt
         if attempt is None or attempt.done:
+            if attempt is not None:
+                trace.outcome = "failure" if attempt.error is not None else attempt.outcome  # the answer's
             trace.end(None)
 
     def pending_response(self, step: Step) -> httpx2.Response:
