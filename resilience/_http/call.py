@@ -121,11 +121,7 @@ class Call:
         provider's: the attempt is let go and :class:`DeadlineExceededError` raised.
         """
         stack = self.stack
-        deadline = self.deadline
-        if deadline is not None and (
-            isinstance(exc, DeadlineExceededError)
-            or (isinstance(exc, stack.timeout_error) and deadline.at - self.provider.clock() < DEADLINE_SLACK)
-        ):
+        if self.deadline is not None and (isinstance(exc, DeadlineExceededError) or self.timed_out(exc)):
             attempt.release()
             if self.trace is not None:
                 self.trace.attempts += 1  # made, though held against no one
@@ -313,6 +309,15 @@ class Call:
         if left <= 0:
             raise self.exceeded()
         cap_timeouts(self.request, left)
+
+    def timed_out(self, exc: BaseException) -> bool:
+        """Whether ``exc`` is a timeout that fired at the call's deadline (the timeouts it capped)."""
+        deadline = self.deadline
+        return (
+            deadline is not None
+            and isinstance(exc, self.stack.timeout_error)
+            and deadline.at - self.provider.clock() < DEADLINE_SLACK
+        )
 
     def exceeded(self) -> DeadlineExceededError:
         """The call's deadline has passed: counted, on the span, the error to raise."""

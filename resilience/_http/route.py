@@ -203,6 +203,12 @@ class CommittedAsyncStream(_AsyncBase):
             await self._wrapped.aclose()
 
 
+def _failed_before_content(attempt: Attempt) -> bool:
+    """Whether the stream said it failed (in-band) before its first content event: a fault before commit."""
+    inspector = attempt.inspector
+    return inspector is not None and inspector.in_band is not None and attempt.ttft is None
+
+
 def _committed(attempt: Attempt) -> bool:
     """Whether the chunks read so far hold the first content event (SSE), or any bytes (others)."""
     inspector = attempt.inspector
@@ -408,7 +414,7 @@ class RouteCall:
     def commit_stream_sync(self, step: Step, call: Call, attempt: Attempt) -> Step:
         response = attempt.response
         assert response is not None
-        attempt.inspector = inspector = BodyInspector.for_headers(response.headers)
+        attempt.inspector = BodyInspector.for_headers(response.headers)
         in_memory = response.stream.__class__ is self.stack.byte_stream
         wrapped = SyncRecordingStream(response.stream, attempt)  # type: ignore[arg-type]  # a sync stream
         chunks = iter(wrapped)
@@ -420,7 +426,7 @@ class RouteCall:
         try:
             for chunk in chunks:
                 buffered.append(chunk)
-                if inspector is not None and inspector.in_band is not None and attempt.ttft is None:
+                if _failed_before_content(attempt):
                     step.reason = "in_band_error"
                     step.pending = PendingResponse(call, attempt, wrapped, chunks, buffered)
                     return step
@@ -433,7 +439,7 @@ class RouteCall:
             wrapped.close()
             step.error, step.reason = exc, "stream_error"
             return step
-        if inspector is not None and inspector.in_band is not None and attempt.ttft is None:
+        if _failed_before_content(attempt):
             step.reason = "in_band_error"
             step.pending = PendingResponse(call, attempt, wrapped, chunks, buffered)
             return step
@@ -444,8 +450,7 @@ class RouteCall:
     def in_memory_step(self, step: Step, call: Call, attempt: Attempt) -> Step:
         """A streamed answer whose body was in memory, read and recorded: committed unless it failed
         before its first content event."""
-        inspector = attempt.inspector
-        if inspector is not None and inspector.in_band is not None and attempt.ttft is None:
+        if _failed_before_content(attempt):
             step.reason, step.pending = "in_band_error", PendingResponse(call, attempt)
             return step
         step.final = attempt.response
@@ -567,7 +572,7 @@ class RouteCall:
                 step.reason, step.pending = "in_band_error", PendingResponse(call, attempt)
                 return step
             return self.final(step, call, attempt, True)
-        attempt.inspector = inspector = BodyInspector.for_headers(response.headers)
+        attempt.inspector = BodyInspector.for_headers(response.headers)
         in_memory = response.stream.__class__ is self.stack.byte_stream
         wrapped = AsyncRecordingStream(response.stream, attempt)  # type: ignore[arg-type]  # an async stream
         chunks = wrapped.__aiter__()
@@ -579,7 +584,7 @@ class RouteCall:
         try:
             async for chunk in chunks:
                 buffered.append(chunk)
-                if inspector is not None and inspector.in_band is not None and attempt.ttft is None:
+                if _failed_before_content(attempt):
                     step.reason = "in_band_error"
                     step.pending = PendingResponse(call, attempt, wrapped, chunks, buffered)
                     return step
@@ -598,7 +603,7 @@ class RouteCall:
             with anyio.CancelScope(shield=True):
                 await wrapped.aclose()
             raise
-        if inspector is not None and inspector.in_band is not None and attempt.ttft is None:
+        if _failed_before_content(attempt):
             step.reason = "in_band_error"
             step.pending = PendingResponse(call, attempt, wrapped, chunks, buffered)
             return step

@@ -40,7 +40,6 @@ import anyio
 import httpx2
 
 from resilience._http.attempt import Attempt
-from resilience._http.deadline import DEADLINE_SLACK
 from resilience._http.errors import DeadlineExceededError, StreamTimeoutError
 from resilience._http.stacks import ASYNC_STREAM_BASES, SYNC_STREAM_BASES
 
@@ -143,17 +142,6 @@ class _Watch:
         return call.stack.stream_timeout(message, request=call.request)
 
 
-def _deadline_of(attempt: Attempt, exc: Exception) -> DeadlineExceededError | None:
-    """The call's deadline error when ``exc`` is a timeout that fired at the deadline, else ``None``."""
-    call = attempt.call
-    deadline = call.deadline
-    if deadline is None or not isinstance(exc, call.stack.timeout_error):
-        return None
-    if deadline.at - attempt.provider.clock() >= DEADLINE_SLACK:
-        return None
-    return call.exceeded()
-
-
 def _cut(attempt: Attempt, exc: DeadlineExceededError) -> None:
     """A stream cut by the call's deadline: let go, counted in neither calls nor failures."""
     attempt.release()
@@ -208,8 +196,8 @@ class SyncRecordingStream(_SyncBase):
             _cut(attempt, exc)
             raise
         except Exception as exc:
-            cut = _deadline_of(attempt, exc)
-            if cut is not None:  # a read timeout capped at the deadline fired: the deadline's
+            if attempt.call.timed_out(exc):  # a read timeout capped at the deadline fired: the deadline's
+                cut = attempt.call.exceeded()
                 _cut(attempt, cut)
                 raise cut from exc
             attempt.finish(failed=True, complete=False)
@@ -265,8 +253,8 @@ class AsyncRecordingStream(_AsyncBase):
             _cut(attempt, exc)
             raise
         except Exception as exc:
-            cut = _deadline_of(attempt, exc)
-            if cut is not None:  # a read timeout capped at the deadline fired: the deadline's
+            if attempt.call.timed_out(exc):  # a read timeout capped at the deadline fired: the deadline's
+                cut = attempt.call.exceeded()
                 _cut(attempt, cut)
                 raise cut from exc
             attempt.finish(failed=True, complete=False)
