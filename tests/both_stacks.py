@@ -7,7 +7,8 @@ transport subclasses these instead, so either stack's client accepts it.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import httpx2
@@ -22,3 +23,28 @@ else:
     AsyncStream = type("AsyncStream", (httpx2.AsyncByteStream, httpx.AsyncByteStream), {})
     Transport = type("Transport", (httpx2.BaseTransport, httpx.BaseTransport), {})
     AsyncTransport = type("AsyncTransport", (httpx2.AsyncBaseTransport, httpx.AsyncBaseTransport), {})
+
+
+class Chunks(SyncStream, AsyncStream):
+    """A streamed body of either stack; ``before(i)`` runs before chunk ``i`` (advance a clock, sleep).
+
+    An awaitable that ``before`` returns is awaited on the async side.
+    """
+
+    def __init__(self, chunks: list[bytes], before: Callable[[int], Any] | None = None) -> None:
+        self.chunks = chunks
+        self.before = before
+
+    def __iter__(self) -> Iterator[bytes]:
+        for i, chunk in enumerate(self.chunks):
+            if self.before is not None:
+                self.before(i)
+            yield chunk
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for i, chunk in enumerate(self.chunks):
+            if self.before is not None:
+                result = self.before(i)
+                if result is not None:
+                    await result
+            yield chunk

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import anyio
 import httpx
 import pytest
-from both_stacks import AsyncStream, SyncStream
-from trio.testing import MockClock
+from both_stacks import AsyncStream, Chunks, SyncStream
+from virtual_time import VIRTUAL_TIME
 
 import resilience
 from resilience import CircuitOpenError, Policy, ProviderRegistry, ResilientTransport, RetryPolicy, Target
@@ -18,32 +18,10 @@ from resilience.testing import FakeClock
 
 pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("stack")]  # httpx2 and httpx
 
-VIRTUAL_TIME = pytest.mark.parametrize(
-    "anyio_backend", [pytest.param(("trio", {"clock": MockClock(autojump_threshold=0)}), id="virtual-time")]
-)
 SSE = {"content-type": "text/event-stream"}
 DELTA = b'data: {"choices": [{"delta": {"content": "hi"}}]}\n\n'
 USAGE = b'data: {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 5, "cost": 0.125}}\n\n'
 ERROR_EVENT = b'event: error\ndata: {"type": "error", "error": {"type": "overloaded_error"}}\n\n'
-
-
-class Chunks(SyncStream, AsyncStream):
-    def __init__(self, chunks: list[bytes], before: Callable[[int], Any] | None = None) -> None:
-        self.chunks, self.before = chunks, before
-
-    def __iter__(self) -> Iterator[bytes]:
-        for i, chunk in enumerate(self.chunks):
-            if self.before is not None:
-                self.before(i)
-            yield chunk
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        for i, chunk in enumerate(self.chunks):
-            if self.before is not None:
-                result = self.before(i)
-                if result is not None:
-                    await result
-            yield chunk
 
 
 Answer = Callable[[httpx.Request], httpx.Response]

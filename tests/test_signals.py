@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import anyio
 import httpx
 import pytest
-from both_stacks import AsyncStream, SyncStream
-from trio.testing import MockClock
+from both_stacks import Chunks
+from virtual_time import VIRTUAL_TIME
 
 from resilience import (
     BreakerPolicy,
@@ -25,10 +25,6 @@ from resilience.testing import FakeClock
 pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("stack")]  # httpx2 and httpx
 
 URL = "https://api.example.com/v1/chat/completions"
-VIRTUAL_TIME = pytest.mark.parametrize(
-    "anyio_backend",
-    [pytest.param(("trio", {"clock": MockClock(autojump_threshold=0)}), id="trio-virtual-time")],
-)
 
 SSE = {"content-type": "text/event-stream"}
 JSON = {"content-type": "application/json"}
@@ -42,28 +38,6 @@ PING = b'event: ping\ndata: {"type": "ping"}\n\n'
 def anthropic_error(kind: str) -> bytes:
     data = {"type": "error", "error": {"type": kind, "message": "try later"}}
     return b"event: error\ndata: " + json.dumps(data).encode() + b"\n\n"
-
-
-class Chunks(SyncStream, AsyncStream):
-    """A streamed body; ``before(i)`` runs before chunk ``i`` (advance a clock, sleep)."""
-
-    def __init__(self, chunks: list[bytes], before: Callable[[int], Any] | None = None) -> None:
-        self.chunks = chunks
-        self.before = before
-
-    def __iter__(self) -> Iterator[bytes]:
-        for i, chunk in enumerate(self.chunks):
-            if self.before is not None:
-                self.before(i)
-            yield chunk
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        for i, chunk in enumerate(self.chunks):
-            if self.before is not None:
-                result = self.before(i)
-                if result is not None:
-                    await result
-            yield chunk
 
 
 def setup(

@@ -13,7 +13,7 @@ import anyio
 import httpx
 import pytest
 from both_stacks import AsyncStream, SyncStream
-from trio.testing import MockClock
+from virtual_time import VIRTUAL_TIME
 
 from resilience import (
     BreakerPolicy,
@@ -29,12 +29,6 @@ from resilience.testing import FakeClock
 pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("stack")]  # httpx2 and httpx
 
 URL = "https://api.example.com/v1/stream"
-VIRTUAL_TIME = pytest.mark.parametrize(
-    "anyio_backend",
-    [pytest.param(("trio", {"clock": MockClock(autojump_threshold=0)}), id="trio-virtual-time")],
-)
-"""Run an async test on trio with a clock that jumps to the next timer whenever every task waits:
-timeouts fire at once, at the virtual time they are due, and the test never sleeps."""
 
 
 class Upstream(SyncStream, AsyncStream):
