@@ -21,7 +21,7 @@ from resilience._core.cost import NO_COST, CostResult, attempt_cost, usage_resul
 from resilience._core.errors import CircuitOpenError
 from resilience._core.provider import Provider
 from resilience._core.window import TimeWindow
-from resilience._http.inspect import MALFORMED, BodyInspector, whole_body
+from resilience._http.inspect import MALFORMED, BodyInspector, whole_body_of
 
 if TYPE_CHECKING:
     from resilience._http.call import Call
@@ -46,6 +46,12 @@ class Attempt:
     """``Retry-After`` seconds, for the backoff."""
     delay: float | None = None
     """The wait chosen before the retry that follows this attempt."""
+    kind: str | None = None
+    """The response body's :func:`~resilience._http.inspect.body_kind`: ``json``, ``sse`` or ``None``."""
+    encoding: bytes | None = None
+    """Its content-encoding (``None``: identity)."""
+    length = -1
+    """Its ``Content-Length`` (-1: none)."""
     inspector: BodyInspector | None = None
     body: tuple[Mapping[str, Any] | None, str | None, str | None, bool] | None = None
     """``(usage, problem, in-band error, content event)`` of a body read whole before it was returned."""
@@ -108,7 +114,7 @@ class Attempt:
         if self.done or self.response is None:
             return
         if self.body is None:
-            self.body = whole_body(self.response.headers, body)
+            self.body = whole_body_of(self.kind, self.encoding, body)
         if self.body[3] and self.headers_at is not None:  # an SSE body in memory: its first token came
             self.ttft = self.headers_at - self.start  # with the headers
         self.headers_at = None  # not streamed: judged by its whole duration

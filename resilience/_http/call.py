@@ -33,14 +33,14 @@ from resilience._http import ratelimit, tracing
 from resilience._http.attempt import Attempt, admit
 from resilience._http.deadline import DEADLINE_SLACK, call_deadline, cap_timeouts, exceeded
 from resilience._http.errors import DeadlineExceededError
-from resilience._http.inspect import BodyInspector, header_triples, in_memory_body
+from resilience._http.inspect import JSON_CAP, BodyInspector, in_memory_body, scan
 from resilience._http.loop import retry_async, retry_sync
 from resilience._http.observe import CallTrace
 from resilience._http.resolve import model_from_body
 from resilience._http.stacks import Stack
 from resilience._http.stale import send_watching_async, send_watching_sync
 from resilience._http.stream import AsyncRecordingStream, SyncRecordingStream
-from resilience._http.whole import read_async, read_sync, small_json
+from resilience._http.whole import read_async, read_sync
 
 if TYPE_CHECKING:
     from resilience._http.transport import ResilientTransport
@@ -141,7 +141,8 @@ class Call:
         attempt.headers_at = now = provider.clock()
         attempt.response = response
         status = response.status_code
-        limits = self.limits_of(response, now)
+        attempt.kind, attempt.encoding, attempt.length, announced = scan(response.headers)
+        limits = None if announced is None else self.limits_of(announced, now)
         if status < provider._plain_below:
             return attempt  # a plain success: nothing to classify, no Retry-After to read
         policy = provider.policy
@@ -158,11 +159,14 @@ class Call:
                 attempt.reason = f"status_{status}"
         return attempt
 
-    def limits_of(self, response: httpx2.Response, now: float) -> Limits | None:
-        """The rate limits ``response`` announces, kept on the provider; malformed values counted."""
+    def limits_of(self, announced: dict[bytes, bytes], now: float) -> Limits | None:
+        """The rate limits a response announces (its rate-limit headers), kept on the provider.
+
+        Malformed values are counted.
+        """
         provider = self.provider
         try:
-            limits, bad = ratelimit.read(header_triples(response.headers), _clock.wall_time)
+            limits, bad = ratelimit.parse(announced, _clock.wall_time)
         except Exception:  # instrumentation never breaks a call
             provider.count_error("ratelimit_header")
             return None
@@ -242,7 +246,7 @@ class Call:
                 attempt = self.first_failed(attempt, exc)
             else:
                 attempt = self.responded(attempt, response)
-                if attempt.outcome == "success" and self.retry.attempts > 1 and self.wants_body(response):
+                if attempt.outcome == "success" and self.retry.attempts > 1 and self.wants_body(attempt):
                     attempt = self.read_sync(attempt)
             if attempt.reason is not None and self.retry.attempts > 1:
                 attempt = retry_sync(self, attempt, send, sleep)
@@ -280,7 +284,7 @@ class Call:
                 attempt = self.first_failed(attempt, exc)
             else:
                 attempt = self.responded(attempt, response)
-                if attempt.outcome == "success" and self.retry.attempts > 1 and self.wants_body(response):
+                if attempt.outcome == "success" and self.retry.attempts > 1 and self.wants_body(attempt):
                     attempt = await self.read_async(attempt)
             if attempt.reason is not None and self.retry.attempts > 1:
                 attempt = await retry_async(self, attempt, send, sleep)
@@ -330,13 +334,19 @@ class Call:
 
     # -- bodies read whole: an in-band error can still be retried ------------------
 
-    def wants_body(self, response: httpx2.Response) -> bool:
-        """Whether to read a success's body before returning: a small JSON one, and a retry possible."""
-        request = self.request
+    def wants_body(self, attempt: Attempt) -> bool:
+        """Whether to read a success's body before returning: a small JSON one, and a retry possible.
+
+        Small: already in memory, or of a ``Content-Length`` within :data:`JSON_CAP`.
+        """
+        if attempt.kind != "json":
+            return False
+        request, byte_stream = self.request, self.stack.byte_stream
+        length = attempt.length
         return (
-            self.retry.retries_method(request.method)
-            and request.stream.__class__ is self.stack.byte_stream
-            and small_json(response, self.stack)
+            (length <= JSON_CAP if length >= 0 else attempt.response.stream.__class__ is byte_stream)  # type: ignore[union-attr]  # responded
+            and request.stream.__class__ is byte_stream
+            and self.retry.retries_method(request.method)
         )
 
     def read_sync(self, attempt: Attempt) -> Attempt:
@@ -389,7 +399,7 @@ class Call:
         if stream.__class__ is self.stack.byte_stream:
             attempt.finish_body(in_memory_body(stream))  # type: ignore[arg-type]  # a ByteStream
         else:
-            attempt.inspector = BodyInspector.for_headers(response.headers)
+            attempt.inspector = BodyInspector.of(attempt.kind, attempt.encoding)
             response.stream = wrap(stream, attempt)  # type: ignore[arg-type]  # the matching side
         return response
 

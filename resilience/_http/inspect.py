@@ -36,6 +36,8 @@ from typing import TYPE_CHECKING, Any
 
 import httpx2
 
+from resilience._http.ratelimit import FIRST_BYTES, PREFIXES
+
 if TYPE_CHECKING:
     from resilience._http.stacks import AnyHeaders
 
@@ -44,6 +46,9 @@ JSON_CAP = 1 << 20
 
 LINE_CAP = 1 << 20
 """Longest SSE line kept; longer lines are skipped."""
+
+BATCH = 32
+"""Chunks a stream hands over at once (:attr:`BodyInspector.taken`) once per-chunk answers are not needed."""
 
 MALFORMED = "malformed"
 """A problem worth counting: the body says it holds usage but cannot be parsed."""
@@ -71,7 +76,7 @@ class BodyInspector:
 
     __slots__ = (
         "_chunks", "_decoder", "_event", "_malformed", "_partial", "_problem", "_size", "_skip_line", "_sse",
-        "_usage", "in_band", "sse",
+        "_usage", "in_band", "sse", "taken",
     )
 
     def __init__(self, *, sse: bool, encoding: bytes | None = None) -> None:
@@ -87,11 +92,18 @@ class BodyInspector:
         self._problem: str | None = None
         self._malformed = False
         self._decoder = None if encoding is None else zlib.decompressobj(zlib.MAX_WBITS | 32)
+        self.taken: list[bytes] = []
+        """Chunks handed over to be looked at together (:meth:`look`), at most :data:`BATCH` of them."""
 
     @classmethod
     def for_headers(cls, headers: AnyHeaders) -> BodyInspector | None:
         """An inspector for a response with these headers, or ``None`` if the body holds no usage."""
         kind, encoding = body_kind(headers)
+        return cls.of(kind, encoding)
+
+    @classmethod
+    def of(cls, kind: str | None, encoding: bytes | None) -> BodyInspector | None:
+        """An inspector for a body of this :func:`body_kind`, or ``None`` if it holds no usage."""
         if kind is None:
             return None
         inspector = cls(sse=kind == "sse", encoding=encoding)
@@ -132,6 +144,47 @@ class BodyInspector:
         else:
             self._chunks.append(chunk)
         return True
+
+    def look(self) -> None:
+        """Look at the chunks in :attr:`taken` together, as :meth:`feed` would one by one; never raises.
+
+        For a stream past the point where each chunk needs an answer (its
+        first content event): it appends its chunks to :attr:`taken` (at most
+        :data:`BATCH` at a time) and calls this. Usage and in-band errors are
+        found as :meth:`feed` finds them; only the lines of the events that
+        mention ``usage`` or ``error`` are read one by one.
+        """
+        taken = self.taken
+        if not taken:
+            return
+        data = taken[0] if len(taken) == 1 else b"".join(taken)
+        taken.clear()
+        if self._problem is not None or not data:
+            return
+        if not self._sse:
+            self.feed(data)
+            return
+        if self._decoder is not None:
+            data = self._decode(data)
+        if self._event is not None or self._skip_line:
+            self._feed_sse(data)  # an event (ping, error) or a long line left open: read as feed() reads it
+        else:
+            self._sse_batch(self._partial + data if self._partial else data)
+
+    def _sse_batch(self, data: bytes) -> None:
+        """Whole SSE lines and a partial one: only the events that mention usage or an error are read."""
+        cut = data.rfind(b"\n")
+        if cut < 0:
+            self._keep_partial(data)
+            return
+        usage = data.find(b"usage", 0, cut)
+        error = data.find(b"error", 0, cut)
+        first = usage if error < 0 or 0 <= usage < error else error
+        if first >= 0:  # from the start of the event that holds it (a blank line ends the one before)
+            boundary = data.rfind(b"\n\n", 0, first)
+            for line in data[boundary + 1 if boundary >= 0 else 0 : cut].split(b"\n"):
+                self._sse_line(line)
+        self._keep_partial(data[cut + 1 :])
 
     def _decode(self, chunk: bytes) -> bytes:
         assert self._decoder is not None
@@ -231,6 +284,8 @@ class BodyInspector:
 
     def result(self, complete: bool) -> tuple[Mapping[str, Any] | None, str | None]:
         """``(usage or None, problem or None)`` once the body has ended (``complete``) or stopped."""
+        if self.taken:
+            self.look()
         if self._sse:
             if self._partial and not self._skip_line and self._partial.find(b"usage") >= 0:
                 self._sse_line(self._partial)
@@ -340,6 +395,49 @@ def header_triples(headers: AnyHeaders) -> list[tuple[bytes, bytes, bytes]]:
     return items
 
 
+def scan(headers: AnyHeaders) -> tuple[str | None, bytes | None, int, dict[bytes, bytes] | None]:
+    """What a response's headers say, in one pass: ``(kind, encoding, length, rate-limit headers)``.
+
+    ``kind`` and ``encoding`` as :func:`body_kind` gives them; ``length`` the
+    ``Content-Length`` (-1 when absent or not digits); the rate-limit headers
+    (:mod:`resilience._http.ratelimit`) as ``{lower-cased key: value}``, or
+    ``None`` when there are none (most responses).
+    """
+    content_type = encoding = None
+    length = -1
+    limits: dict[bytes, bytes] | None = None
+    for _, key, value in header_triples(headers):
+        if key == b"content-type":
+            content_type = value
+        elif key == b"content-length":
+            length = int(value) if value.isdigit() and len(value) < 19 else -1
+        elif key == b"content-encoding":
+            encoding = value
+        elif key and key[0] in FIRST_BYTES and key.startswith(PREFIXES):
+            if limits is None:
+                limits = {}
+            limits[key] = value
+    if content_type is None:
+        return None, None, length, limits
+    kind, encoding = _kind(content_type, encoding)
+    return kind, encoding, length, limits
+
+
+def _kind(content_type: bytes, encoding: bytes | None) -> tuple[str | None, bytes | None]:
+    mime = content_type.partition(b";")[0].strip().lower()
+    if mime == b"application/json" or mime.endswith(b"+json"):
+        kind = "json"
+    elif mime == b"text/event-stream":
+        kind = "sse"
+    else:
+        return None, None
+    if encoding is not None:
+        encoding = encoding.strip().lower()
+        if encoding == b"identity" or encoding == b"":
+            encoding = None
+    return kind, encoding
+
+
 def body_kind(headers: AnyHeaders) -> tuple[str | None, bytes | None]:
     """``("json" | "sse" | None, content-encoding or None)`` of a response, in one pass."""
     content_type = encoding = None
@@ -347,17 +445,8 @@ def body_kind(headers: AnyHeaders) -> tuple[str | None, bytes | None]:
         if key == b"content-type":
             content_type = value
         elif key == b"content-encoding":
-            encoding = value.strip().lower()
-    if content_type is None:
-        return None, None
-    mime = content_type.partition(b";")[0].strip().lower()
-    if encoding == b"identity" or encoding == b"":
-        encoding = None
-    if mime == b"application/json" or mime.endswith(b"+json"):
-        return "json", encoding
-    if mime == b"text/event-stream":
-        return "sse", encoding
-    return None, None
+            encoding = value
+    return (None, None) if content_type is None else _kind(content_type, encoding)
 
 
 def whole_body(
@@ -368,6 +457,13 @@ def whole_body(
     See :class:`BodyInspector`; the last is ``True`` only for SSE bodies with a content event.
     """
     kind, encoding = body_kind(headers)
+    return whole_body_of(kind, encoding, body)
+
+
+def whole_body_of(
+    kind: str | None, encoding: bytes | None, body: bytes
+) -> tuple[Mapping[str, Any] | None, str | None, str | None, bool]:
+    """:func:`whole_body` of a body whose :func:`body_kind` is known."""
     if kind is None:
         return None, None, None, False
     if kind == "json" and encoding is None:

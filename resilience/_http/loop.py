@@ -95,7 +95,7 @@ def next_attempt_sync(call: Call, send: SyncSend, previous: Attempt) -> Attempt:
         attempt.release()
         raise
     attempt = call.responded(attempt, response)
-    if attempt.outcome == "success" and call.wants_body(response):
+    if attempt.outcome == "success" and call.wants_body(attempt):
         attempt = call.read_sync(attempt)
     return attempt
 
@@ -118,7 +118,7 @@ async def next_attempt_async(call: Call, send: AsyncSend, previous: Attempt) -> 
         attempt.release()
         raise
     attempt = call.responded(attempt, response)
-    if attempt.outcome == "success" and call.wants_body(response):
+    if attempt.outcome == "success" and call.wants_body(attempt):
         attempt = await call.read_async(attempt)
     return attempt
 

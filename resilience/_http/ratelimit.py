@@ -27,8 +27,10 @@ from resilience._core.quota import Limits
 
 _NUMBER = r"(\d+(?:\.\d+)?)"
 _DURATION = re.compile(rf"(?:{_NUMBER}h)?(?:{_NUMBER}m(?!s))?(?:{_NUMBER}s)?(?:{_NUMBER}ms)?")
-_PREFIXES = (b"x-ratelimit-", b"anthropic-ratelimit-", b"retry-after-ms")
-_FIRST = frozenset(prefix[0] for prefix in _PREFIXES)
+PREFIXES = (b"x-ratelimit-", b"anthropic-ratelimit-", b"retry-after-ms")
+"""What the (lower-cased) name of a rate-limit header starts with."""
+FIRST_BYTES = frozenset(prefix[0] for prefix in PREFIXES)
+"""Their first bytes: most headers fail this test, the cheapest."""
 _MAX_SECONDS = 366 * 86_400.0
 """Longest reset taken (a year); a longer one is malformed."""
 
@@ -82,12 +84,17 @@ def read(raw: list[tuple[bytes, bytes, bytes]], wall: Callable[[], float]) -> tu
     """
     found: dict[bytes, bytes] | None = None
     for _, key, value in raw:
-        if key and key[0] in _FIRST and key.startswith(_PREFIXES):  # most headers fail the first test
+        if key and key[0] in FIRST_BYTES and key.startswith(PREFIXES):  # most headers fail the first test
             if found is None:
                 found = {}
             found[key] = value
     if found is None:
         return None, 0
+    return parse(found, wall)
+
+
+def parse(found: dict[bytes, bytes], wall: Callable[[], float]) -> tuple[Limits | None, int]:
+    """:func:`read` of the rate-limit headers already picked out: ``{lower-cased key: value}``."""
     bad = 0
     values: dict[str, float | int | None] = {}
 

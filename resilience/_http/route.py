@@ -46,7 +46,7 @@ from resilience._http.attempt import Attempt
 from resilience._http.call import AsyncSend, Call, SyncSend
 from resilience._http.deadline import call_deadline, exceeded
 from resilience._http.errors import DeadlineExceededError
-from resilience._http.inspect import BodyInspector, body_kind, in_memory_body, whole_body
+from resilience._http.inspect import BodyInspector, in_memory_body, whole_body_of
 from resilience._http.observe import CallTrace
 from resilience._http.resolve import _MODEL, model_from_body
 from resilience._http.stacks import ASYNC_STREAM_BASES, SYNC_STREAM_BASES, Stack
@@ -349,7 +349,7 @@ class RouteCall:
             step.reason = f"status_{status}"
             step.pending = PendingResponse(call, attempt)
             return True, False
-        kind, _ = body_kind(response.headers)
+        kind = attempt.kind
         return False, kind == "sse" or (self.streamed and kind != "json")
 
     # -- sync ------------------------------------------------------------------------
@@ -414,7 +414,7 @@ class RouteCall:
     def commit_stream_sync(self, step: Step, call: Call, attempt: Attempt) -> Step:
         response = attempt.response
         assert response is not None
-        attempt.inspector = BodyInspector.for_headers(response.headers)
+        attempt.inspector = BodyInspector.of(attempt.kind, attempt.encoding)
         in_memory = response.stream.__class__ is self.stack.byte_stream
         wrapped = SyncRecordingStream(response.stream, attempt)  # type: ignore[arg-type]  # a sync stream
         chunks = iter(wrapped)
@@ -567,12 +567,13 @@ class RouteCall:
         assert response is not None
         if defer and response.stream.__class__ is self.stack.byte_stream:
             # in memory: judged from its bytes, recorded only once it wins (or as lost)
-            attempt.body = found = whole_body(response.headers, in_memory_body(response.stream))  # type: ignore[arg-type]
+            body = in_memory_body(response.stream)  # type: ignore[arg-type]  # a ByteStream
+            attempt.body = found = whole_body_of(attempt.kind, attempt.encoding, body)
             if found[2] is not None and not found[3]:
                 step.reason, step.pending = "in_band_error", PendingResponse(call, attempt)
                 return step
             return self.final(step, call, attempt, True)
-        attempt.inspector = BodyInspector.for_headers(response.headers)
+        attempt.inspector = BodyInspector.of(attempt.kind, attempt.encoding)
         in_memory = response.stream.__class__ is self.stack.byte_stream
         wrapped = AsyncRecordingStream(response.stream, attempt)  # type: ignore[arg-type]  # an async stream
         chunks = wrapped.__aiter__()

@@ -34,6 +34,7 @@ time to first token (:attr:`Attempt.ttft`).
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from itertools import filterfalse, islice
 from typing import TYPE_CHECKING
 
 import anyio
@@ -41,6 +42,7 @@ import httpx2
 
 from resilience._http.attempt import Attempt
 from resilience._http.errors import DeadlineExceededError, StreamTimeoutError
+from resilience._http.inspect import BATCH
 from resilience._http.stacks import ASYNC_STREAM_BASES, SYNC_STREAM_BASES
 
 if TYPE_CHECKING:
@@ -171,13 +173,26 @@ class SyncRecordingStream(_SyncBase):
         inspector = attempt.inspector
         try:
             if watch is None:
-                first_token = inspector is not None and inspector.sse
-                asked = attempt.provider.clock() if first_token else 0.0
-                for chunk in self._inner:
-                    if inspector is not None and inspector.feed(chunk) and first_token:
-                        first_token = False
-                        _first_token(attempt, asked)
-                    yield chunk
+                chunks = iter(self._inner)
+                if inspector is None:
+                    yield from chunks
+                else:
+                    more = True
+                    if inspector.sse:  # chunk by chunk to the first content event: the time to first token
+                        asked = attempt.provider.clock()
+                        more = False
+                        for chunk in chunks:
+                            if inspector.feed(chunk):
+                                _first_token(attempt, asked)
+                                more = True
+                                yield chunk
+                                break
+                            yield chunk
+                    taken = inspector.taken
+                    while more:  # then BATCH chunks at a time, taken by C code (no Python frame per chunk)
+                        yield from filterfalse(taken.append, islice(chunks, BATCH))
+                        more = len(taken) == BATCH
+                        inspector.look()
             else:
                 clock = watch.clock
                 chunks = iter(self._inner)
@@ -237,10 +252,16 @@ class AsyncRecordingStream(_AsyncBase):
             if watch is None:
                 first_token = inspector is not None and inspector.sse
                 asked = attempt.provider.clock() if first_token else 0.0
+                taken = None if inspector is None else inspector.taken
                 async for chunk in self._inner:
-                    if inspector is not None and inspector.feed(chunk) and first_token:
-                        first_token = False
-                        _first_token(attempt, asked)
+                    if first_token:  # chunk by chunk to the first content event: the time to first token
+                        if inspector.feed(chunk):  # type: ignore[union-attr]  # set when first_token is
+                            first_token = False
+                            _first_token(attempt, asked)
+                    elif taken is not None:  # then looked at BATCH chunks at a time
+                        taken.append(chunk)
+                        if len(taken) == BATCH:
+                            inspector.look()  # type: ignore[union-attr]  # set when taken is
                     yield chunk
             else:
                 chunks = self._inner.__aiter__()

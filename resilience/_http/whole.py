@@ -13,9 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import httpx2
-
-from resilience._http.inspect import JSON_CAP, THROTTLED, header_triples, in_memory_body, whole_body
+from resilience._http.inspect import THROTTLED, in_memory_body, whole_body_of
 
 if TYPE_CHECKING:
     from resilience._http.attempt import Attempt
@@ -23,19 +21,6 @@ if TYPE_CHECKING:
 
 IN_BAND = "in_band_error"
 """The retry reason of a body that is an error."""
-
-
-def small_json(response: httpx2.Response, stack: Stack) -> bool:
-    """Whether ``response`` is a JSON body already in memory, or of a known length within the cap."""
-    json = False
-    sized = response.stream.__class__ is stack.byte_stream
-    for _, key, value in header_triples(response.headers):
-        if key == b"content-type":
-            mime = value.partition(b";")[0].strip().lower()
-            json = mime == b"application/json" or mime.endswith(b"+json")
-        elif key == b"content-length":
-            sized = value.isdigit() and int(value) <= JSON_CAP
-    return json and sized
 
 
 def read_sync(attempt: Attempt, stack: Stack) -> None:
@@ -75,7 +60,7 @@ def taken(attempt: Attempt, stack: Stack, raw: bytes) -> None:
     if response.stream.__class__ is not stack.byte_stream:
         response.stream = stack.byte_stream(raw)
     attempt.headers_at = None  # not streamed: judged by its whole duration
-    attempt.body = found = whole_body(response.headers, raw)
+    attempt.body = found = whole_body_of(attempt.kind, attempt.encoding, raw)
     in_band = found[2]
     if in_band is not None and attempt.outcome == "success":
         attempt.outcome = in_band
