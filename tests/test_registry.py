@@ -115,6 +115,21 @@ def test_guard_records_success_and_failure(clock: FakeClock) -> None:
     assert snap.window.p50 == pytest.approx(0.2, rel=0.05)
 
 
+def test_guards_by_name_are_one_per_call(clock: FakeClock) -> None:
+    """Two guards of one provider open at once keep their own start; each is a Guard of that provider."""
+    registry = ProviderRegistry(clock=clock)
+    registry.register("a", hosts=["a.test"])
+    outer = registry.guard("a")
+    with outer:
+        clock.advance(0.3)
+        with registry.guard("a") as inner:
+            assert inner is not outer and isinstance(inner, resilience.Guard)
+            clock.advance(0.1)
+    snap = registry.get("a").snapshot()
+    assert snap.window.successes == 2
+    assert snap.duration_sum == pytest.approx(0.5)  # 0.1 s and 0.4 s, each from its own start
+
+
 def test_guard_classifies_exceptions_by_policy(clock: FakeClock) -> None:
     """exception_outcome can call an exception a client error (not a breaker failure)."""
     policy = Policy(exception_outcome=lambda exc: "client_error" if isinstance(exc, KeyError) else None)

@@ -37,6 +37,19 @@ class Guard:
         self._model = model
         self._pending = provider._stats.pending if model is None else model.pending
 
+    @classmethod
+    def bound(cls, provider: Provider) -> type[Guard]:
+        """A subclass whose instances guard ``provider``'s calls (no model), made by ``bound()``.
+
+        What :meth:`__init__` would set are its class attributes, and its
+        ``__init__`` is ``object``'s: making one runs no Python code.
+        """
+        namespace = {
+            "__slots__": (), "__init__": object.__init__, "__qualname__": cls.__qualname__,
+            "_provider": provider, "_model": None, "_pending": provider._stats.pending,
+        }
+        return type(cls.__name__, (cls,), namespace)
+
     def __enter__(self) -> Guard:
         provider = self._provider
         permit = provider._breaker.closed_permit

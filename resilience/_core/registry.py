@@ -74,6 +74,8 @@ class ProviderRegistry:
         self._default = resolve_policy(None, self.default_policy)
         self._lock = threading.Lock()
         self._providers: dict[str, Provider] = {}
+        self._guards: dict[str, type[Guard]] = {}
+        """Each provider's own :class:`Guard` class: ``guard(name)`` runs no Python ``__init__``."""
         self._hosts: dict[str, str] = {}
         self._wildcards: list[tuple[str, str]] = []
         self._label_overflows = 0
@@ -147,6 +149,7 @@ class ProviderRegistry:
             name, policy, clock=self.clock, max_models=self.max_models, explicit=explicit, hosts=hosts
         )
         self._providers[name] = provider
+        self._guards[name] = Guard.bound(provider)
         return provider
 
     # -- lookup ----------------------------------------------------------------
@@ -295,9 +298,11 @@ class ProviderRegistry:
 
     def guard(self, provider: str | Provider, model: str | None = None) -> Guard:
         """A sync and async context manager that runs a call through the breaker and windows."""
-        target = self._providers.get(provider)  # type: ignore[arg-type]  # fast path: a name
-        if target is not None and model is None:
-            return Guard(target, None)
+        if model is None:  # the fast path: a name
+            bound = self._guards.get(provider)  # type: ignore[arg-type]
+            if bound is not None:
+                return bound()  # type: ignore[call-arg]  # a bound subclass: its __init__ is object's
+        target = self._providers.get(provider)  # type: ignore[arg-type]
         if target is None:
             target = provider if isinstance(provider, Provider) else self.resolve(provider)
         return Guard(target, target.model_window(model))
