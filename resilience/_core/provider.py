@@ -341,6 +341,16 @@ class Provider:
 
     # -- recording -------------------------------------------------------------
 
+    def record_plain(self, permit: int, duration: float, now: float, model: TimeWindow | None) -> None:
+        """:meth:`record_success` of a success with nothing to say but its duration (most calls)."""
+        if permit == self._breaker.closed_permit and duration < self._slow_s:
+            pending = self._stats.pending if model is None else model.pending
+            pending.append(duration)
+            if now >= self._fold_at or len(pending) >= FOLD_BATCH:
+                self.fold(now)
+            return
+        self.record(permit, "success", duration, model=model, now=now)
+
     def record_success(
         self,
         permit: int,

@@ -21,7 +21,7 @@ from resilience._core.cost import NO_COST, CostResult, attempt_cost, usage_resul
 from resilience._core.errors import CircuitOpenError
 from resilience._core.provider import Provider
 from resilience._core.window import TimeWindow
-from resilience._http.inspect import MALFORMED, BodyInspector, whole_body_of
+from resilience._http.inspect import MALFORMED, BodyInspector, in_memory_body, whole_body_of
 
 if TYPE_CHECKING:
     from resilience._http.call import Call
@@ -109,12 +109,12 @@ class Attempt:
                     in_band = None
         self._record(failed, costed, usage, problem, judged, in_band)
 
-    def finish_body(self, body: bytes) -> None:
-        """Record a response whose body was already in memory."""
+    def finish_in_memory(self, stream: httpx2.ByteStream) -> None:
+        """Record a response whose body is in memory (``stream``), judged from it unless it was already."""
         if self.done or self.response is None:
             return
         if self.body is None:
-            self.body = whole_body_of(self.kind, self.encoding, body)
+            self.body = whole_body_of(self.kind, self.encoding, in_memory_body(stream))
         if self.body[3] and self.headers_at is not None:  # an SSE body in memory: its first token came
             self.ttft = self.headers_at - self.start  # with the headers
         self.headers_at = None  # not streamed: judged by its whole duration
@@ -142,7 +142,9 @@ class Attempt:
             to_headers = None if headers_at is None else headers_at - self.start
             call = self.call
             ttft = self.ttft
-            if outcome == "success" and judged and not cost.unknown:
+            if outcome == "success" and judged and cost is NO_COST and to_headers is None and ttft is None:
+                provider.record_plain(self.permit, duration, now, call.model)
+            elif outcome == "success" and judged and not cost.unknown:
                 provider.record_success(
                     self.permit, duration, now, call.model, to_headers, cost.cost, cost.input_tokens,
                     cost.output_tokens, ttft,

@@ -36,7 +36,7 @@ from resilience._http.errors import DeadlineExceededError
 from resilience._http.inspect import JSON_CAP, BodyInspector, in_memory_body, scan
 from resilience._http.loop import retry_async, retry_sync
 from resilience._http.observe import CallTrace
-from resilience._http.resolve import model_from_body
+from resilience._http.resolve import model_from_body, model_in
 from resilience._http.stacks import Stack
 from resilience._http.stale import send_watching_async, send_watching_sync
 from resilience._http.stream import AsyncRecordingStream, SyncRecordingStream
@@ -54,8 +54,8 @@ class Call:
     """The state of one call; see the module docstring."""
 
     __slots__ = (
-        "budgets", "deadline", "final", "model", "model_name", "provider", "request", "routed", "stack",
-        "stale_done", "stats", "trace", "traced",
+        "body", "budgets", "deadline", "final", "model", "model_name", "provider", "request", "routed",
+        "stack", "stale_done", "stats", "trace", "traced",
     )
 
     def __init__(
@@ -81,9 +81,14 @@ class Call:
                 host = request.url.host
             provider = resolver.known.get(host) or resolver(request)  # an IDNA host misses, is resolved
         self.provider = provider
+        stream = request.stream
+        self.body = body = (
+            in_memory_body(stream) if stream.__class__ is stack.byte_stream else None  # type: ignore[arg-type]
+        )
+        """The request's in-memory body (``None``: a streaming upload, never read)."""
         name = extensions.get("model")
         if name.__class__ is not str:
-            name = model_from_body(request, stack)
+            name = model_from_body(request, stack) if body is None else model_in(body)
         self.model_name: str | None = name
         self.model: TimeWindow | None = None
         if name is not None:
@@ -183,7 +188,7 @@ class Call:
         if not self.traced:
             response = send(self.request)  # no pool of ours behind it: nothing to tell
         else:
-            response = send_watching_sync(send, self.request, self.stack, self.may_resend)
+            response = send_watching_sync(send, self.request, self.stack, self.may_resend, self.body)
         if self.deadline is not None:
             self.in_time(response)
         return response
@@ -201,11 +206,11 @@ class Call:
         if deadline is None:
             if not self.traced:
                 return await send(self.request)
-            return await send_watching_async(send, self.request, self.stack, self.may_resend)
+            return await send_watching_async(send, self.request, self.stack, self.may_resend, self.body)
         with anyio.move_on_after(deadline.at - self.provider.clock()):
             if not self.traced:
                 return await send(self.request)
-            return await send_watching_async(send, self.request, self.stack, self.may_resend)
+            return await send_watching_async(send, self.request, self.stack, self.may_resend, self.body)
         raise self.exceeded()  # the timer fired: the attempt is let go by failed()
 
     def may_resend(self) -> bool:
@@ -237,7 +242,7 @@ class Call:
             attempt = Attempt(self, permit, now, 1)
             try:  # send_sync, inlined
                 if self.traced:
-                    response = send_watching_sync(send, self.request, self.stack, self.may_resend)
+                    response = send_watching_sync(send, self.request, self.stack, self.may_resend, self.body)
                 else:
                     response = send(self.request)
                 if self.deadline is not None:
@@ -277,7 +282,9 @@ class Call:
                 if self.deadline is not None:
                     response = await self.send_async(send)
                 elif self.traced:
-                    response = await send_watching_async(send, self.request, self.stack, self.may_resend)
+                    response = await send_watching_async(
+                        send, self.request, self.stack, self.may_resend, self.body
+                    )
                 else:
                     response = await send(self.request)
             except BaseException as exc:
@@ -397,7 +404,7 @@ class Call:
             return response
         stream = response.stream
         if stream.__class__ is self.stack.byte_stream:
-            attempt.finish_body(in_memory_body(stream))  # type: ignore[arg-type]  # a ByteStream
+            attempt.finish_in_memory(stream)  # type: ignore[arg-type]  # a ByteStream
         else:
             attempt.inspector = BodyInspector.of(attempt.kind, attempt.encoding)
             response.stream = wrap(stream, attempt)  # type: ignore[arg-type]  # the matching side

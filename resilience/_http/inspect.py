@@ -32,6 +32,7 @@ import json
 import re
 import zlib
 from collections.abc import Mapping
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 import httpx2
@@ -401,26 +402,29 @@ def scan(headers: AnyHeaders) -> tuple[str | None, bytes | None, int, dict[bytes
     ``kind`` and ``encoding`` as :func:`body_kind` gives them; ``length`` the
     ``Content-Length`` (-1 when absent or not digits); the rate-limit headers
     (:mod:`resilience._http.ratelimit`) as ``{lower-cased key: value}``, or
-    ``None`` when there are none (most responses).
+    ``None`` when there are none (most responses). The pass is C code
+    (``dict``, ``map``); Python looks only at the names that may be rate limits.
     """
-    content_type = encoding = None
-    length = -1
+    triples = header_triples(headers)
+    found = dict(map(_KEY_VALUE, triples))  # the last of a repeated header wins, as a loop would have it
     limits: dict[bytes, bytes] | None = None
-    for _, key, value in header_triples(headers):
-        if key == b"content-type":
-            content_type = value
-        elif key == b"content-length":
-            length = int(value) if value.isdigit() and len(value) < 19 else -1
-        elif key == b"content-encoding":
-            encoding = value
-        elif key and key[0] in FIRST_BYTES and key.startswith(PREFIXES):
-            if limits is None:
-                limits = {}
-            limits[key] = value
+    try:
+        maybe = not FIRST_BYTES.isdisjoint(map(_FIRST_BYTE, found))  # most names start elsewhere
+    except IndexError:  # an empty name: no rate limit in it
+        maybe = True
+    if maybe:
+        limits = {key: value for key, value in found.items() if key.startswith(PREFIXES)} or None
+    length = found.get(b"content-length")
+    size = int(length) if length is not None and length.isdigit() and len(length) < 19 else -1
+    content_type = found.get(b"content-type")
     if content_type is None:
-        return None, None, length, limits
-    kind, encoding = _kind(content_type, encoding)
-    return kind, encoding, length, limits
+        return None, None, size, limits
+    kind, encoding = _kind(content_type, found.get(b"content-encoding"))
+    return kind, encoding, size, limits
+
+
+_KEY_VALUE = itemgetter(1, 2)
+_FIRST_BYTE = itemgetter(0)
 
 
 def _kind(content_type: bytes, encoding: bytes | None) -> tuple[str | None, bytes | None]:

@@ -76,7 +76,11 @@ def model_from_body(request: AnyRequest, stack: Stack | None = None) -> str | No
     stream = request.stream
     if stream.__class__ is not stack.byte_stream and not isinstance(stream, stack.byte_stream):
         return None  # streaming upload: never read it
-    body = in_memory_body(stream)  # type: ignore[arg-type]  # a ByteStream
+    return model_in(in_memory_body(stream))  # type: ignore[arg-type]  # a ByteStream
+
+
+def model_in(body: bytes) -> str | None:
+    """:func:`model_from_body` of the body's bytes."""
     if not body or len(body) > MAX_BODY:
         return None
     if body[:_COMPACT_LEN] == _COMPACT:  # ``{"model":"...`` as httpx's json= writes it: read directly

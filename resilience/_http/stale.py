@@ -43,7 +43,6 @@ from typing import TYPE_CHECKING
 
 import httpx2
 
-from resilience._http.inspect import in_memory_body
 from resilience._http.stacks import ASYNC_STREAM_BASES, STACKS, SYNC_STREAM_BASES, Stack
 
 if TYPE_CHECKING:
@@ -83,12 +82,16 @@ def send_watching_sync(
     request: httpx2.Request,
     stack: Stack,
     may_resend: Callable[[], bool],
+    body: bytes | None,
 ) -> httpx2.Response:
-    """Send; send again at once if the body was not written whole and ``may_resend()``."""
+    """Send; send again at once if the body was not written whole and ``may_resend()``.
+
+    ``body``: the bytes of the request's in-memory body (``None``: a streaming upload, never sent twice).
+    """
     stream = request.stream
-    if stream.__class__ is not stack.byte_stream:
-        return send(request)  # a streaming upload: never sent twice
-    watched = request.stream = WatchedBody(in_memory_body(stream))  # type: ignore[arg-type]  # a ByteStream
+    if body is None or stream.__class__ is not stack.byte_stream:
+        return send(request)
+    watched = request.stream = WatchedBody(body)  # read like the ByteStream
     try:
         try:
             return send(request)
@@ -106,12 +109,13 @@ async def send_watching_async(
     request: httpx2.Request,
     stack: Stack,
     may_resend: Callable[[], bool],
+    body: bytes | None,
 ) -> httpx2.Response:
     """:func:`send_watching_sync` for async transports."""
     stream = request.stream
-    if stream.__class__ is not stack.byte_stream:
+    if body is None or stream.__class__ is not stack.byte_stream:
         return await send(request)
-    watched = request.stream = WatchedBody(in_memory_body(stream))  # type: ignore[arg-type]  # a ByteStream
+    watched = request.stream = WatchedBody(body)  # read like the ByteStream
     try:
         try:
             return await send(request)
