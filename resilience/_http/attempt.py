@@ -163,6 +163,7 @@ class Attempt:
             if trace is not None:
                 trace.recorded(provider, outcome, duration, cost)
                 if call.final is self:
+                    call.final = None  # no cycle left between the call and its attempt
                     trace.end(None)
         except Exception:  # instrumentation never breaks a call
             log.exception("recording an attempt to %s failed", provider.name)

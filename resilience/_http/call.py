@@ -395,7 +395,8 @@ class Call:
         if response is None:  # pragma: no cover - an attempt ends in a response or an error
             raise RuntimeError("an attempt ended with neither a response nor an error")
         if not self.routed:
-            self.final = attempt
+            if self.trace is not None:  # its record ends the span (set only then: no cycle with the attempt)
+                self.final = attempt
             if attempt.done:  # recorded already: the breaker ended the retries
                 if self.trace is not None:
                     self.trace.end(None)

@@ -144,6 +144,21 @@ class _Watch:
         return call.stack.stream_timeout(message, request=call.request)
 
 
+class _Ended:
+    """What a closed stream keeps instead of its attempt (recorded): no cycle through its response."""
+
+    done = True
+
+    def finish(self, **_: bool) -> None:
+        """Recorded already."""
+
+    def abandon(self) -> None:
+        """Recorded already."""
+
+
+ENDED: Attempt = _Ended()  # type: ignore[assignment]  # stands in for a recorded Attempt
+
+
 def _cut(attempt: Attempt, exc: DeadlineExceededError) -> None:
     """A stream cut by the call's deadline: let go, counted in neither calls nor failures."""
     attempt.release()
@@ -234,6 +249,7 @@ class SyncRecordingStream(_SyncBase):
             if not attempt.done:
                 attempt.finish(complete=False)
         finally:
+            self._attempt, self._watch = ENDED, None  # the attempt holds the response that holds this
             self._inner.close()
 
 
@@ -315,4 +331,5 @@ class AsyncRecordingStream(_AsyncBase):
             if not attempt.done:
                 attempt.finish(complete=False)
         finally:
+            self._attempt, self._watch = ENDED, None  # the attempt holds the response that holds this
             await self._inner.aclose()
