@@ -131,10 +131,21 @@ class TimeWindow:
         return bucket
 
     def _advance(self, bucket_id: int) -> None:
-        oldest_live = bucket_id - self._n + 1
-        for bucket in self._buckets:
-            if bucket is not None and bucket.id < oldest_live:
-                self._evict(bucket)
+        """Make ``bucket_id`` the newest: evict the buckets that leave the window (only those).
+
+        The ids that leave are the ``bucket_id - cur`` oldest live ones, one
+        slot each: a step of one bucket looks at one slot, not all of them.
+        """
+        n, buckets, cur = self._n, self._buckets, self._cur
+        if bucket_id - cur >= n:  # the whole window leaves
+            for bucket in buckets:
+                if bucket is not None:
+                    self._evict(bucket)
+        else:
+            for leaving in range(cur - n + 1, bucket_id - n + 1):
+                bucket = buckets[leaving % n]
+                if bucket is not None and bucket.id == leaving:
+                    self._evict(bucket)
         self._cur = bucket_id
 
     def _evict(self, bucket: _Bucket) -> None:
