@@ -224,14 +224,18 @@ class TimeWindow:
         self._version += 1
 
     def _add_latency(self, bucket: _Bucket, counts: Mapping[int, int]) -> None:
+        if not counts:
+            return
         hist, bucket_hist = self._hist, bucket.hist
+        get = bucket_hist.get
         for index, count in counts.items():
             hist[index] += count
-            bucket_hist[index] = bucket_hist.get(index, 0) + count
-            if index < self._lo:
-                self._lo = index
-            if index > self._hi:
-                self._hi = index
+            bucket_hist[index] = get(index, 0) + count
+        lo, hi = min(counts), max(counts)  # the range of the indexes, in C
+        if lo < self._lo:
+            self._lo = lo
+        if hi > self._hi:
+            self._hi = hi
 
     def reset(self) -> None:
         """Forget everything."""

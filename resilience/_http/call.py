@@ -24,6 +24,7 @@ from resilience._core import clock as _clock
 from resilience._core import context as _context
 from resilience._core.clock import AsyncSleep, Sleep
 from resilience._core.config import RetryPolicy
+from resilience._core.context import RequestStats
 from resilience._core.deadline import Deadline
 from resilience._core.errors import CircuitOpenError
 from resilience._core.quota import Limits
@@ -53,10 +54,20 @@ AsyncSend = Callable[[httpx2.Request], Awaitable[httpx2.Response]]
 class Call:
     """The state of one call; see the module docstring."""
 
-    __slots__ = (
-        "body", "budgets", "deadline", "final", "model", "model_name", "provider", "request", "routed",
-        "stack", "stale_done", "stats", "trace", "traced",
-    )
+    # Class-level defaults, not __slots__ (like Attempt's): a call sets only what it has.
+    model: TimeWindow | None = None
+    """The model's window, when the call names a model."""
+    stats: RequestStats | None = None
+    """The inbound request's totals (the middleware's context), when there is one."""
+    stale_done = False
+    """The one stale-connection resend of the call is spent."""
+    trace: CallTrace | None = None
+    """The call's span and what its attempts told it, when a tracer provider is set."""
+    final: Attempt | None = None
+    """The attempt whose response the caller got: its record ends the span."""
+    routed = False
+    """One target's call of a route: the route call says which attempt is final."""
+    deadline: Deadline | None = None
 
     def __init__(
         self, transport: ResilientTransport, stack: Stack, request: httpx2.Request, traced: bool,
@@ -90,18 +101,11 @@ class Call:
         if name.__class__ is not str:
             name = model_from_body(request, stack) if body is None else model_in(body)
         self.model_name: str | None = name
-        self.model: TimeWindow | None = None
         if name is not None:
             self.model = provider._models.get(name) or provider.model_window(name)
-        stats = self.stats = _context._current.get() if _context.opened else None
-        self.stale_done = False
-        self.trace: CallTrace | None = None
-        """The call's span and what its attempts told it, when a tracer provider is set."""
-        self.final: Attempt | None = None
-        """The attempt whose response the caller got: its record ends the span."""
-        self.routed = False
-        """One target's call of a route: the route call says which attempt is final."""
-        self.deadline: Deadline | None = None
+        stats = None
+        if _context.opened:
+            stats = self.stats = _context._current.get()
         seconds = provider.policy.deadline_seconds
         if "deadline" in extensions or seconds is not None or (stats is not None and stats.deadline):
             now = provider.clock() if started is None else started
@@ -227,6 +231,7 @@ class Call:
         """Run the call to its response (or raise its last error)."""
         provider = self.provider
         now = provider.clock()
+        retries = provider.policy.retry.attempts > 1
         span = tracing.start(provider.name, model=self.model_name, route=None)
         if span is not None:
             self.trace = CallTrace(span)
@@ -251,9 +256,9 @@ class Call:
                 attempt = self.first_failed(attempt, exc)
             else:
                 attempt = self.responded(attempt, response)
-                if attempt.outcome == "success" and self.retry.attempts > 1 and self.wants_body(attempt):
+                if retries and attempt.outcome == "success" and self.wants_body(attempt):
                     attempt = self.read_sync(attempt)
-            if attempt.reason is not None and self.retry.attempts > 1:
+            if retries and attempt.reason is not None:
                 attempt = retry_sync(self, attempt, send, sleep)
             return self.deliver(attempt, SyncRecordingStream)
         except BaseException as exc:
@@ -265,6 +270,7 @@ class Call:
         """:meth:`run_sync` for async transports."""
         provider = self.provider
         now = provider.clock()
+        retries = provider.policy.retry.attempts > 1
         span = tracing.start(provider.name, model=self.model_name, route=None)
         if span is not None:
             self.trace = CallTrace(span)
@@ -291,9 +297,9 @@ class Call:
                 attempt = self.first_failed(attempt, exc)
             else:
                 attempt = self.responded(attempt, response)
-                if attempt.outcome == "success" and self.retry.attempts > 1 and self.wants_body(attempt):
+                if retries and attempt.outcome == "success" and self.wants_body(attempt):
                     attempt = await self.read_async(attempt)
-            if attempt.reason is not None and self.retry.attempts > 1:
+            if retries and attempt.reason is not None:
                 attempt = await retry_async(self, attempt, send, sleep)
             return self.deliver(attempt, AsyncRecordingStream)
         except BaseException as exc:
