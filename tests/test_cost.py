@@ -199,6 +199,43 @@ def test_sse_openai_usage_in_the_final_chunk() -> None:
     assert found.result(True) == ({"prompt_tokens": 9, "completion_tokens": 4, "cost": 0.02}, None)
 
 
+def test_sse_usage_found_wherever_it_sits_and_decoded_alone_when_last(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A usage object that ends its event is decoded alone; first, or nested in a message, the event is parsed.
+
+    Fed chunk by chunk, and in batches past the first content event (``taken``, ``look``).
+    """
+    from resilience._http import inspect as inspect_module
+
+    parsed: list[bytes] = []
+    loads = inspect_module.json.loads
+
+    def counting(text: bytes) -> Any:
+        parsed.append(text)
+        return loads(text)
+
+    monkeypatch.setattr(inspect_module.json, "loads", counting)
+    usage = {"prompt_tokens": 9, "completion_tokens": 4, "cost": 0.02}
+    shapes = {
+        "last": ({"id": "c", "choices": [], "usage": usage}, 0),
+        "first": ({"usage": usage, "choices": []}, 1),
+        "in a message": ({"type": "message_start", "message": {"id": "m", "usage": usage}}, 1),
+    }
+    for event, parses in shapes.values():
+        for batched in (False, True):
+            parsed.clear()
+            found = inspector("text/event-stream")
+            events = [sse({"choices": [{"delta": {"content": "a"}}]}), sse(event), sse("[DONE]")]
+            assert found.feed(events[0])  # the first content event
+            if batched:
+                found.taken.extend(events[1:])
+                found.look()
+            else:
+                for chunk in events[1:]:
+                    found.feed(chunk)
+            assert found.result(True) == (usage, None)
+            assert len(parsed) == parses
+
+
 def test_sse_final_line_without_newline() -> None:
     """A last event not followed by a newline is still read when the stream ends."""
     found = inspector("text/event-stream")

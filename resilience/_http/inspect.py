@@ -250,8 +250,16 @@ class BodyInspector:
         name = self._event
         if name == b"ping":
             return False  # Anthropic's keepalive event
-        if name is None and line.find(b"usage") < 0 and line.find(b'"error"') < 0:
-            return True  # content, nothing in it to read
+        if name is None and line.find(b'"error"') < 0:
+            at = line.rfind(b'"usage"')
+            if at >= 0:
+                proven, usage = _usage_at_end(line, at)
+                if proven == _PROVEN:  # the usage object alone is decoded (the event's last member)
+                    if isinstance(usage, dict):
+                        self._add_usage(usage)
+                    return True
+            elif line.find(b"usage") < 0:
+                return True  # content, nothing in it to read
         try:
             event = json.loads(line[5:])
         except (ValueError, RecursionError):  # RecursionError: nested too deep to parse
@@ -274,10 +282,14 @@ class BodyInspector:
         if usage is None and isinstance(event.get("message"), dict):
             usage = event["message"].get("usage")  # Anthropic's message_start
         if isinstance(usage, dict):
-            if self._usage is None:
-                self._usage = {}
-            self._usage.update(usage)
+            self._add_usage(usage)
         return True
+
+    def _add_usage(self, usage: dict[str, Any]) -> None:
+        """Usage is cumulative: later values replace earlier ones, field by field."""
+        if self._usage is None:
+            self._usage = {}
+        self._usage.update(usage)
 
     def _in_band(self, outcome: str) -> None:
         if self.in_band is None:
@@ -366,22 +378,41 @@ def json_usage(body: bytes) -> tuple[Mapping[str, Any] | None, str | None]:
     at = body.rfind(b'"usage"')
     if at < 0:
         return None, None
-    found = _USAGE_KEY.match(body, at)
-    if found is not None and body[found.end() : found.end() + 1] == b"{":
-        try:
-            text = body[found.end() :].decode()
-            usage, end = _DECODE(text)
-        except (ValueError, RecursionError):  # UnicodeDecodeError included; nested too deep
-            return None, MALFORMED
-        rest = text[end:]
-        if rest.count("}") == 1 and rest.find("{") < 0 and rest.find("[") < 0 and rest.find("]") < 0:
-            return (usage, None) if isinstance(usage, dict) else (None, None)
+    proven, usage = _usage_at_end(body, at)
+    if proven == _BAD:
+        return None, MALFORMED
+    if proven == _PROVEN:
+        return (usage, None) if isinstance(usage, dict) else (None, None)
     try:
         data = json.loads(body)
     except (ValueError, RecursionError):  # RecursionError: nested too deep to parse
         return None, MALFORMED
     usage = data.get("usage") if isinstance(data, dict) else None
     return (usage, None) if isinstance(usage, dict) else (None, None)
+
+
+_UNPROVEN, _PROVEN, _BAD = 0, 1, 2
+
+
+def _usage_at_end(body: bytes, at: int) -> tuple[int, Any]:
+    """The ``"usage"`` key at ``at``, if its object is the last member of the outermost object.
+
+    ``(_PROVEN, value)``: followed by nothing but flat members and the body's
+    one closing brace; ``(_BAD, None)``: its object does not parse;
+    ``(_UNPROVEN, None)``: anything else (parse the whole body to know).
+    """
+    found = _USAGE_KEY.match(body, at)
+    if found is None or body[found.end() : found.end() + 1] != b"{":
+        return _UNPROVEN, None
+    try:
+        text = body[found.end() :].decode()
+        usage, end = _DECODE(text)
+    except (ValueError, RecursionError):  # UnicodeDecodeError included; nested too deep
+        return _BAD, None
+    rest = text[end:]
+    if rest.count("}") == 1 and rest.find("{") < 0 and rest.find("[") < 0 and rest.find("]") < 0:
+        return _PROVEN, usage
+    return _UNPROVEN, None
 
 
 def header_triples(headers: AnyHeaders) -> list[tuple[bytes, bytes, bytes]]:
