@@ -199,21 +199,22 @@ def test_sse_openai_usage_in_the_final_chunk() -> None:
     assert found.result(True) == ({"prompt_tokens": 9, "completion_tokens": 4, "cost": 0.02}, None)
 
 
-def test_sse_usage_found_wherever_it_sits_and_decoded_alone_when_last(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A usage object that ends its event is decoded alone; first, or nested in a message, the event is parsed.
+def test_sse_usage_found_wherever_it_sits_and_decoded_alone_when_last(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A usage object that ends its event is decoded alone; elsewhere, the whole event is parsed.
 
+    Elsewhere: first in the event, or nested in a message (Anthropic's ``message_start``).
     Fed chunk by chunk, and in batches past the first content event (``taken``, ``look``).
     """
-    from resilience._http import inspect as inspect_module
-
     parsed: list[bytes] = []
-    loads = inspect_module.json.loads
+    loads = json.loads
 
     def counting(text: bytes) -> Any:
         parsed.append(text)
         return loads(text)
 
-    monkeypatch.setattr(inspect_module.json, "loads", counting)
+    monkeypatch.setattr(json, "loads", counting)  # what the inspector calls to parse a whole event
     usage = {"prompt_tokens": 9, "completion_tokens": 4, "cost": 0.02}
     shapes = {
         "last": ({"id": "c", "choices": [], "usage": usage}, 0),
