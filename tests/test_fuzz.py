@@ -16,11 +16,12 @@ import threading
 import tracemalloc
 import zlib
 from collections.abc import Callable
+from itertools import pairwise
 from typing import Any
 
 import httpx
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from resilience import HeaderCost, Policy, PriceTable, ProviderRegistry
@@ -399,3 +400,61 @@ def test_inspector_worst_cases_stay_bounded(
     inspector, peak = outcome
     assert peak < 6 * MB, peak
     assert inspector.result(True)[0] is None
+
+
+sse_lines = st.sampled_from([
+    b"", b": ping", b": OPENROUTER PROCESSING", b"event: ping", b"event: error", b"event: message_delta",
+    b'data: {"type": "ping"}', b'data: {"choices": [{"delta": {"content": "hi"}}]}',
+    b'data: {"choices": [{"delta": {"content": "the usage of error"}}]}',
+    b'data: {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 4, "cost": 0.5}}',
+    b'data: {"usage": {"completion_tokens": 9}, "choices": []}',
+    b'data: {"type": "message_start", "message": {"usage": {"input_tokens": 25}}}',
+    b'data: {"type": "message_delta", "usage": {"output_tokens": 15}}',
+    b'data: {"error": {"type": "overloaded_error", "message": "Overloaded"}}',
+    b'data: {"error": {"code": 429, "message": "rate limited"}}',
+    b'data: {"type": "error", "error": {"type": "rate_limit_error"}}',
+    b'data: {"message": "upstream went away"}', b'data: {"usage": {broken', b"data: [DONE]",
+])
+
+
+@settings(max_examples=1000, deadline=None)
+@example(  # a ping event named in one batch, its data (with usage) in the next: still a keepalive
+    lines=[
+        b'data: {"choices": [{"delta": {"content": "hi"}}]}', b"", b"event: ping",
+        b'data: {"type": "message_delta", "usage": {"output_tokens": 15}}', b"",
+    ],
+    crlf=False, cuts=[51, 63], batch=1,
+)
+@given(
+    lines=st.lists(sse_lines, max_size=40),
+    crlf=st.booleans(),
+    cuts=st.lists(st.integers(min_value=0, max_value=4000), max_size=12),
+    batch=st.integers(min_value=1, max_value=6),
+)
+def test_batches_read_an_sse_stream_as_chunk_by_chunk_does(
+    lines: list[bytes], crlf: bool, cuts: list[int], batch: int
+) -> None:
+    """Past the first content event, chunks looked at in batches give the same usage, problem and error.
+
+    The same stream, cut into the same chunks, is fed to one inspector chunk
+    by chunk and to another chunk by chunk until its first content event,
+    then ``batch`` chunks at a time (``taken`` and ``look()``), as a stream
+    without timers hands them over.
+    """
+    body = b"".join(line + (b"\r\n" if crlf else b"\n") for line in lines)
+    points = sorted({cut for cut in cuts if cut < len(body)} | {0, len(body)})
+    chunks = [body[a:b] for a, b in pairwise(points)]
+    one_by_one, batched = BodyInspector(sse=True), BodyInspector(sse=True)
+    for chunk in chunks:
+        one_by_one.feed(chunk)
+    rest = iter(chunks)
+    for chunk in rest:
+        if batched.feed(chunk):
+            break
+    for chunk in rest:
+        batched.taken.append(chunk)
+        if len(batched.taken) == batch:
+            batched.look()
+    for complete in (True, False):
+        assert batched.result(complete) == one_by_one.result(complete)
+    assert batched.in_band == one_by_one.in_band

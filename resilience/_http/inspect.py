@@ -183,8 +183,13 @@ class BodyInspector:
         first = usage if error < 0 or 0 <= usage < error else error
         if first >= 0:  # from the start of the event that holds it (a blank line ends the one before)
             boundary = data.rfind(b"\n\n", 0, first)
-            for line in data[boundary + 1 if boundary >= 0 else 0 : cut].split(b"\n"):
-                self._sse_line(line)
+        else:  # nothing to read, but the last event may be named (the data of a ping is not content)
+            boundary = data.rfind(b"\n\n", 0, cut + 1)
+            if data.find(b"event:", boundary + 1 if boundary >= 0 else 0, cut) < 0:
+                self._keep_partial(data[cut + 1 :])
+                return
+        for line in data[boundary + 1 if boundary >= 0 else 0 : cut].split(b"\n"):
+            self._sse_line(line)
         self._keep_partial(data[cut + 1 :])
 
     def _decode(self, chunk: bytes) -> bytes:
