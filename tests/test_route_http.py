@@ -10,7 +10,7 @@ import anyio
 import httpx
 import pytest
 from both_stacks import AsyncStream, Chunks, SyncStream
-from virtual_time import VIRTUAL_TIME
+from virtual_time import VIRTUAL_TIME, Answer, slow_then
 
 import resilience
 from resilience import CircuitOpenError, Policy, ProviderRegistry, ResilientTransport, RetryPolicy, Target
@@ -24,7 +24,6 @@ USAGE = b'data: {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens
 ERROR_EVENT = b'event: error\ndata: {"type": "error", "error": {"type": "overloaded_error"}}\n\n'
 
 
-Answer = Callable[[httpx.Request], httpx.Response]
 
 
 def ok(cost: float = 0.25) -> Answer:
@@ -310,12 +309,6 @@ async def test_async_failover_and_commit() -> None:
 # -- hedging ----------------------------------------------------------------------------
 
 
-def slow_then(seconds: float, answer: Answer) -> Callable[[httpx.Request], Any]:
-    async def handler(request: httpx.Request) -> httpx.Response:
-        await anyio.sleep(seconds)
-        return answer(request)
-
-    return handler
 
 
 @VIRTUAL_TIME

@@ -30,7 +30,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 from prometheus_client import CollectorRegistry
 from prometheus_client.openmetrics.exposition import generate_latest
-from trio.testing import MockClock
+from virtual_time import VIRTUAL_TIME, Answer, slow_then
 
 import resilience
 from resilience import (
@@ -46,9 +46,6 @@ from resilience.testing import FakeClock
 
 pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("stack")]  # httpx2 and httpx
 
-VIRTUAL_TIME = pytest.mark.parametrize(
-    "anyio_backend", [pytest.param(("trio", {"clock": MockClock(autojump_threshold=0)}), id="virtual-time")]
-)
 MODES = ("sync", "async")
 MODEL = "gpt-4o-mini"
 """The model as the caller sends it."""
@@ -137,7 +134,6 @@ def assert_call_span(
 # -- the upstream and the calls --------------------------------------------------------------
 
 
-Answer = Callable[[httpx.Request], httpx.Response]
 
 
 def ok(request: httpx.Request) -> httpx.Response:
@@ -378,12 +374,6 @@ async def test_a_route_that_no_target_admits(
     }
 
 
-def slow_then(seconds: float, answer: Answer) -> Callable[[httpx.Request], Any]:
-    async def handler(request: httpx.Request) -> httpx.Response:
-        await anyio.sleep(seconds)
-        return answer(request)
-
-    return handler
 
 
 
