@@ -479,14 +479,9 @@ def _kind(content_type: bytes, encoding: bytes | None) -> tuple[str | None, byte
 
 
 def body_kind(headers: AnyHeaders) -> tuple[str | None, bytes | None]:
-    """``("json" | "sse" | None, content-encoding or None)`` of a response, in one pass."""
-    content_type = encoding = None
-    for _, key, value in header_triples(headers):
-        if key == b"content-type":
-            content_type = value
-        elif key == b"content-encoding":
-            encoding = value
-    return (None, None) if content_type is None else _kind(content_type, encoding)
+    """``("json" | "sse" | None, content-encoding or None)`` of a response: :func:`scan`'s first two."""
+    kind, encoding, _, _ = scan(headers)
+    return kind, encoding
 
 
 def whole_body(
