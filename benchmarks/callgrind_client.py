@@ -7,9 +7,11 @@
 
 The client builds its client (or breaker) once, sends ``WARMUP`` requests,
 prints ``warm`` and waits for a line on stdin (the harness switches
-callgrind's instrumentation on meanwhile), then sends ``N`` more; only ``N``
-differs between the two runs the harness subtracts. ``STACK`` is ``httpx``
-or ``httpx2`` (for ``guard``, the peer: ``pybreaker`` or ``circuitbreaker``);
+callgrind's instrumentation on meanwhile), then sends ``N`` more, prints
+``done`` and waits again (the harness switches instrumentation off: teardown
+is not counted); only ``N`` differs between the two runs the harness
+subtracts. ``STACK`` is ``httpx`` or ``httpx2`` (for ``guard``, the peer:
+``pybreaker`` or ``circuitbreaker``);
 ``MODE`` is ``bare`` or ``wrapped`` (through ``resilience.ResilientTransport``,
 or ``registry.guard``), or for the HTTP cases one of the OpenTelemetry
 variants of ``wrapped``: ``wrapped_no_otel`` (``opentelemetry`` made
@@ -209,6 +211,12 @@ def _warm() -> None:
     sys.stdin.readline()
 
 
+def _done() -> None:
+    """Say the measured requests are done, and wait for the harness to switch instrumentation off."""
+    print("done", flush=True)
+    sys.stdin.readline()
+
+
 async def _async_requests(stack: Any, mode: str, base_url: str, warmup: int, n: int) -> None:
     async with stack.AsyncClient(transport=_transport(stack, mode, sync=False), base_url=base_url) as client:
         for _ in range(warmup):
@@ -216,6 +224,7 @@ async def _async_requests(stack: Any, mode: str, base_url: str, warmup: int, n: 
         _warm()
         for _ in range(n):
             _checked(await client.post("/cost", json=PAYLOAD))
+        _done()
 
 
 def run(case: str, stack_name: str, mode: str, n: int, warmup: int, base_url: str) -> None:
@@ -240,6 +249,7 @@ def _repeat(call: Callable[[], None], warmup: int, n: int) -> None:
     _warm()
     for _ in range(n):
         call()
+    _done()
 
 
 def main(argv: list[str]) -> None:

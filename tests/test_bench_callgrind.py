@@ -79,7 +79,7 @@ def test_client_otel_modes_run_natively(mode: str) -> None:
             input=bench_callgrind.GO, capture_output=True, text=True, timeout=60, check=False,
         )
     assert done.returncode == 0, done.stderr
-    assert done.stdout == bench_callgrind.WARM
+    assert done.stdout == bench_callgrind.WARM + bench_callgrind.DONE
 
 
 def test_otel_comparison_counts_each_run_once(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -98,3 +98,15 @@ def test_otel_comparison_counts_each_run_once(monkeypatch: pytest.MonkeyPatch) -
     assert sorted(run.mode for run in counted) == ["bare", "wrapped", "wrapped_no_otel", "wrapped_traced"]
     assert results[0].wrapped == otel.untraced == 110.0
     assert (otel.no_otel, otel.traced, otel.span_extra, otel.error) == (109.0, 150.0, 40.0, None)
+
+
+def test_count_is_the_totals_line_when_instrumentation_was_switched_off(tmp_path: Path) -> None:
+    """Switched off before the end, callgrind writes ``summary: 0`` first: the count is in ``totals:``."""
+    out = tmp_path / "run.out"
+    out.write_text("version: 1\nsummary: 0\nfn=main\n0 5\ntotals: 372343719\n")
+    assert bench_callgrind.read_ir(out) == 372343719
+    out.write_text("version: 1\nsummary: 1234\n")
+    assert bench_callgrind.read_ir(out) == 1234
+    out.write_text("version: 1\n")
+    with pytest.raises(ValueError, match="no summary"):
+        bench_callgrind.read_ir(out)
