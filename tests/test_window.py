@@ -166,3 +166,12 @@ def test_window_memory_is_constant_over_a_million_records() -> None:
     diff = after.filter_traces(window_files).compare_to(before.filter_traces(window_files), "filename")
     growth = sum(stat.size_diff for stat in diff)
     assert growth < 16 * 1024, f"window grew by {growth} bytes over 1,000,000 records"
+
+
+@given(st.lists(st.floats(min_value=0.0, max_value=1e5, allow_nan=False), max_size=50))
+def test_bucket_counts_agree_with_the_python_fallback(durations: list[float]) -> None:
+    """The C counting loop and its pure-Python fallback give the same ``{bucket: count}``."""
+    fallback: dict[int, int] = {}
+    _histogram._count_into(fallback, map(_histogram.bucket_of, durations))
+    assert _histogram.bucket_counts(durations) == fallback
+    assert sum(fallback.values()) == len(durations)

@@ -182,6 +182,9 @@ class CostResult(NamedTuple):
 
 NO_COST = CostResult()
 
+_new_result = tuple.__new__
+"""Builds a :class:`CostResult` from its four fields in C (a named tuple's ``__new__`` is Python)."""
+
 
 def usage_result(usage: Mapping[str, Any], unknown: bool = False) -> CostResult | None:
     """:func:`attempt_cost` with the default extractor, in one step: ``None`` when ``usage.cost``
@@ -190,10 +193,10 @@ def usage_result(usage: Mapping[str, Any], unknown: bool = False) -> CostResult 
     tokens_in, tokens_out = usage_tokens(usage)
     if cost is None:
         if unknown or tokens_in or tokens_out:
-            return CostResult(None, unknown, tokens_in, tokens_out)
+            return _new_result(CostResult, (None, unknown, tokens_in, tokens_out))
         return NO_COST
     if cost.__class__ is float:
-        return CostResult(cost, False, tokens_in, tokens_out)
+        return _new_result(CostResult, (cost, False, tokens_in, tokens_out))
     return None
 
 

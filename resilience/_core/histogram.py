@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_left
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from itertools import accumulate
 
@@ -47,6 +47,26 @@ _MIDDLES: tuple[float, ...] = (
 
 bucket_of: Callable[[float], int] = partial(bisect_left, BOUNDS)
 """Index of the bucket a duration falls in (negative and NaN fall in the first)."""
+
+
+def _count_into(counts: dict[int, int], indexes: Iterable[int]) -> None:
+    """What :func:`collections._count_elements` does, in Python: the fallback."""
+    get = counts.get
+    for index in indexes:
+        counts[index] = get(index, 0) + 1
+
+
+try:  # the C loop behind Counter.update, without Counter's Python frames and ABC check
+    from collections import _count_elements  # type: ignore[attr-defined]
+except ImportError:  # pragma: no cover - an interpreter without it
+    _count_elements = _count_into
+
+
+def bucket_counts(durations: Iterable[float]) -> dict[int, int]:
+    """``{bucket index: how many}`` of ``durations`` (the one read of ``collections._count_elements``)."""
+    counts: dict[int, int] = {}
+    _count_elements(counts, map(bucket_of, durations))
+    return counts
 
 
 def quantiles(

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections import Counter, deque
+from collections import deque
 from itertools import accumulate
 from typing import Any, TypeVar
 
@@ -29,7 +29,7 @@ from resilience._core.breaker import CLOSED, DISABLED, HALF_OPEN, OPEN, Breaker
 from resilience._core.clock import Clock, wall_time
 from resilience._core.config import OUTCOMES, ResolvedPolicy
 from resilience._core.errors import CircuitOpenError
-from resilience._core.histogram import DURATION_BUCKETS, PROMETHEUS_BUCKET, bucket_of
+from resilience._core.histogram import DURATION_BUCKETS, PROMETHEUS_BUCKET, bucket_counts, bucket_of
 from resilience._core.pending import Extras
 from resilience._core.quota import Limits
 from resilience._core.snapshot import ModelSnapshot, ProviderSnapshot
@@ -501,14 +501,14 @@ class Provider:
     def _fold_locked(self, now: float) -> None:
         # a fast success waits in exactly one list: its model window's, or the stats window's
         stats = self._stats
-        latency: Counter[int] = Counter()
-        n, total = 0, 0.0
-        extras: Extras | None = None
         when = now
         fold_at = self._fold_at
         if fold_at <= now and fold_at != -math.inf:
             # everything pending arrived before fold_at: keep it in that bucket
             when = fold_at - self._fold_width * 1e-6
+        folded: list[float] | None = None  # every duration folded, of all windows
+        latency: dict[int, int] = {}  # their histogram buckets, once one window's are counted
+        extras: Extras | None = None
         for window in (stats, *self._models.values()):
             pending, rich = window.pending, window.rich
             if not pending and not rich:
@@ -516,26 +516,30 @@ class Provider:
             durations = _drain(pending)
             more = None
             if rich:
-                entries = _drain(rich)
-                durations += [entry[0] for entry in entries]
-                more = Extras(entries)
-            counts = Counter(map(bucket_of, durations))
+                more = Extras(_drain(rich))
+                durations += more.durations
             if window is not stats:
-                window.record_successes(when, len(durations), counts, more)
+                latency = bucket_counts(durations)
+                window.record_successes(when, len(durations), latency, more)
                 if more is not None and more.ttft:
                     ttft_window = window.ttft
                     if ttft_window is None:
                         ttft_window = window.ttft = TimeWindow(self.policy.stats_window_seconds)
-                    ttft_window.record_successes(when, len(more.ttft), Counter(map(bucket_of, more.ttft)))
-            latency.update(counts)
-            n += len(durations)
-            total += math.fsum(durations)
+                    ttft_window.record_successes(when, len(more.ttft), bucket_counts(more.ttft))
+            if folded is None:
+                folded = durations
+            else:  # a second window: the buckets are counted over all of them below
+                folded += durations
+                latency = {}
             if more is not None:
                 if extras is None:
                     extras = more
                 else:
                     extras.add(more)
-        if n:
+        if folded is not None:
+            n = len(folded)
+            if not latency:
+                latency = bucket_counts(folded)
             stats.record_successes(when, n, latency, extras)
             if extras is not None:
                 self._cost_total += extras.cost
@@ -543,10 +547,10 @@ class Provider:
                 tokens[0] += extras.input_tokens
                 tokens[1] += extras.output_tokens
                 if extras.headers:
-                    headers = Counter(map(bucket_of, extras.headers))
+                    headers = bucket_counts(extras.headers)
                     self._headers_window.record_successes(when, len(extras.headers), headers)
                 if extras.ttft:
-                    firsts = Counter(map(bucket_of, extras.ttft))
+                    firsts = bucket_counts(extras.ttft)
                     self._ttft.record_successes(when, len(extras.ttft), firsts)
                     lifetime_ttft = self._ttft_counts
                     for index, count in firsts.items():
@@ -557,8 +561,8 @@ class Provider:
             lifetime = self._duration_counts
             for index, count in latency.items():
                 lifetime[PROMETHEUS_BUCKET[index]] += count
-            self._duration_sum += total
-        if now >= self._fold_at:
+            self._duration_sum += math.fsum(folded)
+        if now >= fold_at:
             width = self._fold_width
             self._fold_at = (now // width + 1) * width
 

@@ -214,11 +214,13 @@ class TimeWindow:
         totals[SUCCESS] += n
         if extras is not None:
             bucket.cost += extras.cost
-            more = ((COSTED, extras.costed), (INPUT_TOKENS, extras.input_tokens),
-                    (OUTPUT_TOKENS, extras.output_tokens))
-            for index, value in more:
-                counts[index] += value
-                totals[index] += value
+            costed, tokens_in, tokens_out = extras.costed, extras.input_tokens, extras.output_tokens
+            counts[COSTED] += costed
+            totals[COSTED] += costed
+            counts[INPUT_TOKENS] += tokens_in
+            totals[INPUT_TOKENS] += tokens_in
+            counts[OUTPUT_TOKENS] += tokens_out
+            totals[OUTPUT_TOKENS] += tokens_out
         if self.latency:
             self._add_latency(bucket, latency)
         self._version += 1

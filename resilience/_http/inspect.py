@@ -31,7 +31,7 @@ from __future__ import annotations
 import json
 import re
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
@@ -368,7 +368,8 @@ def json_error(body: bytes) -> str | None:
 
 
 _USAGE_KEY = re.compile(rb'"usage"\s*:\s*')
-_DECODE = json.JSONDecoder().raw_decode
+_SCAN: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+"""``raw_decode``'s C scanner: ``(value, end)`` of the JSON text at an index; ``StopIteration`` if none."""
 
 
 def json_usage(body: bytes) -> tuple[Mapping[str, Any] | None, str | None]:
@@ -411,8 +412,8 @@ def _usage_at_end(body: bytes, at: int) -> tuple[int, Any]:
         return _UNPROVEN, None
     try:
         text = body[found.end() :].decode()
-        usage, end = _DECODE(text)
-    except (ValueError, RecursionError):  # UnicodeDecodeError included; nested too deep
+        usage, end = _SCAN(text, 0)  # text starts with "{": no whitespace for raw_decode to skip
+    except (ValueError, RecursionError, StopIteration):  # UnicodeDecodeError included; nested too deep
         return _BAD, None
     rest = text[end:]
     if rest.count("}") == 1 and rest.find("{") < 0 and rest.find("[") < 0 and rest.find("]") < 0:
