@@ -35,7 +35,8 @@ def test_fast_successes_fold_to_what_recording_each_gives(successes: list[Succes
     """Plain and rich successes, over several models, folded in one batch == each recorded under the lock."""
     clock = FakeClock()
     registry = ProviderRegistry(clock=clock)
-    fast, slow = registry.register("fast", hosts=["fast.test"]), registry.register("slow", hosts=["slow.test"])
+    fast = registry.register("fast", hosts=["fast.test"])
+    slow = registry.register("slow", hosts=["slow.test"])
     now = clock()
     for provider in (fast, slow):
         provider.model_window("gpt-4o")  # the same models exist on both, in the same order

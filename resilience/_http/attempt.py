@@ -120,6 +120,14 @@ class Attempt:
         self.headers_at = None  # not streamed: judged by its whole duration
         self.finish()
 
+    def finish_whole(self) -> None:
+        """:meth:`finish` of an attempt whose body was read whole (:attr:`body`): recorded from it at once."""
+        if self.done:
+            return
+        self.done = True
+        usage, problem, in_band, _ = self.body  # type: ignore[misc]  # read whole
+        self._record(False, True, usage, problem, True, in_band)
+
     def _record(
         self, failed: bool, costed: bool, usage: Mapping[str, Any] | None, problem: str | None, judged: bool,
         in_band: str | None = None,

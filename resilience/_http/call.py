@@ -41,7 +41,7 @@ from resilience._http.resolve import model_from_body, model_in
 from resilience._http.stacks import Stack
 from resilience._http.stale import send_watching_async, send_watching_sync
 from resilience._http.stream import AsyncRecordingStream, SyncRecordingStream
-from resilience._http.whole import read_async, read_sync
+from resilience._http.whole import taken
 
 if TYPE_CHECKING:
     from resilience._http.transport import ResilientTransport
@@ -363,9 +363,17 @@ class Call:
         )
 
     def read_sync(self, attempt: Attempt) -> Attempt:
-        """Read the body whole (:mod:`resilience._http.whole`); a read that fails is a failed attempt."""
+        """Read the body for :func:`~resilience._http.whole.taken`; a failed read is a failed attempt."""
+        stream = attempt.response.stream  # type: ignore[union-attr]  # responded
         try:
-            read_sync(attempt, self.stack)
+            if stream.__class__ is self.stack.byte_stream:
+                raw = in_memory_body(stream)  # type: ignore[arg-type]  # a ByteStream
+            else:
+                try:
+                    raw = b"".join(stream)  # type: ignore[arg-type]  # a sync stream
+                finally:
+                    stream.close()  # type: ignore[union-attr]  # a sync stream
+            taken(attempt, self.stack, raw)
         except Exception as exc:
             return self.failed(attempt, exc)
         except BaseException:
@@ -375,8 +383,16 @@ class Call:
 
     async def read_async(self, attempt: Attempt) -> Attempt:
         """:meth:`read_sync` for async transports."""
+        stream = attempt.response.stream  # type: ignore[union-attr]  # responded
         try:
-            await read_async(attempt, self.stack)
+            if stream.__class__ is self.stack.byte_stream:
+                raw = in_memory_body(stream)  # type: ignore[arg-type]  # a ByteStream
+            else:
+                try:
+                    raw = b"".join([chunk async for chunk in stream])  # type: ignore[union-attr]  # async
+                finally:
+                    await stream.aclose()  # type: ignore[union-attr]
+            taken(attempt, self.stack, raw)
         except Exception as exc:
             return self.failed(attempt, exc)
         except BaseException:
@@ -410,7 +426,9 @@ class Call:
         elif attempt.done:
             return response
         stream = response.stream
-        if stream.__class__ is self.stack.byte_stream:
+        if attempt.body is not None and attempt.headers_at is None:  # read whole (read_sync): judged already
+            attempt.finish_whole()
+        elif stream.__class__ is self.stack.byte_stream:
             attempt.finish_in_memory(stream)  # type: ignore[arg-type]  # a ByteStream
         else:
             attempt.inspector = BodyInspector.of(attempt.kind, attempt.encoding)

@@ -453,18 +453,25 @@ def scan(headers: AnyHeaders) -> tuple[str | None, bytes | None, int, dict[bytes
         limits = {key: value for key, value in found.items() if key.startswith(PREFIXES)} or None
     length = found.get(b"content-length")
     size = int(length) if length is not None and length.isdigit() and len(length) < 19 else -1
-    content_type = found.get(b"content-type")
-    if content_type is None:
-        return None, None, size, limits
-    kind, encoding = _kind(content_type, found.get(b"content-encoding"))
-    return kind, encoding, size, limits
+    key = (found.get(b"content-type"), found.get(b"content-encoding"))
+    judged = _KINDS.get(key)
+    if judged is None:
+        judged = _kind(*key)
+        if len(_KINDS) < _KINDS_CAP:  # a provider sends a handful; hostile values are judged, not kept
+            _KINDS[key] = judged
+    return judged[0], judged[1], size, limits
 
 
 _KEY_VALUE = itemgetter(1, 2)
 _FIRST_BYTE = itemgetter(0)
+_KINDS: dict[tuple[bytes | None, bytes | None], tuple[str | None, bytes | None]] = {}
+"""``(content-type, content-encoding)`` values seen, and what :func:`_kind` made of them."""
+_KINDS_CAP = 256
 
 
-def _kind(content_type: bytes, encoding: bytes | None) -> tuple[str | None, bytes | None]:
+def _kind(content_type: bytes | None, encoding: bytes | None) -> tuple[str | None, bytes | None]:
+    if content_type is None:
+        return None, None
     mime = content_type.partition(b";")[0].strip().lower()
     if mime == b"application/json" or mime.endswith(b"+json"):
         kind = "json"

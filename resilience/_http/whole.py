@@ -2,18 +2,19 @@
 
 A ``200`` JSON body that is an error (:func:`resilience._http.inspect.json_error`)
 can be retried, or failed over, only if it is read before the call returns.
-The call reads it here when that can matter (its policy would retry, or a
-route has another target): the raw bytes, still content-encoded, bounded by
-:data:`resilience._http.inspect.JSON_CAP` through ``Content-Length``. The
-response then carries them as an in-memory stream, so the caller gets exactly
-the same bytes and the attempt is recorded from them at once.
+The call reads it when that can matter (its policy would retry, or a route
+has another target; ``Call.read_sync``): the raw bytes, still
+content-encoded, bounded by :data:`resilience._http.inspect.JSON_CAP`
+through ``Content-Length``, are handed to :func:`taken`. The response then
+carries them as an in-memory stream, so the caller gets exactly the same
+bytes and the attempt is recorded from them at once.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from resilience._http.inspect import THROTTLED, in_memory_body, whole_body_of
+from resilience._http.inspect import THROTTLED, whole_body_of
 
 if TYPE_CHECKING:
     from resilience._http.attempt import Attempt
@@ -21,36 +22,6 @@ if TYPE_CHECKING:
 
 IN_BAND = "in_band_error"
 """The retry reason of a body that is an error."""
-
-
-def read_sync(attempt: Attempt, stack: Stack) -> None:
-    """Read the attempt's body whole, keep it in the response, judge it (errors propagate)."""
-    response = attempt.response
-    assert response is not None
-    stream = response.stream
-    if stream.__class__ is stack.byte_stream:
-        taken(attempt, stack, in_memory_body(stream))  # type: ignore[arg-type]  # a ByteStream
-        return
-    try:
-        raw = b"".join(stream)  # type: ignore[arg-type]  # a sync stream
-    finally:
-        stream.close()  # type: ignore[union-attr]  # a sync stream
-    taken(attempt, stack, raw)
-
-
-async def read_async(attempt: Attempt, stack: Stack) -> None:
-    """:func:`read_sync` for async transports."""
-    response = attempt.response
-    assert response is not None
-    stream = response.stream
-    if stream.__class__ is stack.byte_stream:
-        taken(attempt, stack, in_memory_body(stream))  # type: ignore[arg-type]  # a ByteStream
-        return
-    try:
-        raw = b"".join([chunk async for chunk in stream])  # type: ignore[union-attr]  # an async stream
-    finally:
-        await stream.aclose()  # type: ignore[union-attr]
-    taken(attempt, stack, raw)
 
 
 def taken(attempt: Attempt, stack: Stack, raw: bytes) -> None:
