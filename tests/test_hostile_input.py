@@ -346,3 +346,18 @@ def test_model_detection_parses_a_crafted_body_at_most_once(monkeypatch: pytest.
     request = httpx.Request("POST", "https://p.test/v1", content=body + b" " * ((1 << 20) - len(body) - 1))
     assert _resolve.model_from_body(request) == "top"
     assert len(parses) <= 1
+
+
+def test_endless_distinct_content_types_are_judged_but_not_kept() -> None:
+    """A new content-type on every response: each is judged right, and the cache stays capped."""
+    from resilience._http import inspect
+
+    cap = inspect._KINDS_CAP
+    for i in range(cap * 3):
+        kind, encoding, _, _ = inspect.scan(httpx.Headers({
+            "content-type": f"application/json; charset=utf-8; x={i}", "content-encoding": " GZIP ",
+        }))
+        assert (kind, encoding) == ("json", b"gzip")
+        assert inspect.scan(httpx.Headers({"content-type": f"text/plain; x={i}"}))[0] is None
+    assert len(inspect._KINDS) <= cap
+    assert inspect.scan(httpx.Headers({}))[:2] == (None, None)

@@ -508,6 +508,7 @@ class Provider:
             when = fold_at - self._fold_width * 1e-6
         folded: list[float] | None = None  # every duration folded, of all windows
         latency: dict[int, int] = {}  # their histogram buckets, once one window's are counted
+        firsts: dict[int, int] = {}  # the buckets of their times to first token, likewise
         extras: Extras | None = None
         for window in (stats, *self._models.values()):
             pending, rich = window.pending, window.rich
@@ -525,12 +526,13 @@ class Provider:
                     ttft_window = window.ttft
                     if ttft_window is None:
                         ttft_window = window.ttft = TimeWindow(self.policy.stats_window_seconds)
-                    ttft_window.record_successes(when, len(more.ttft), bucket_counts(more.ttft))
+                    firsts = bucket_counts(more.ttft)
+                    ttft_window.record_successes(when, len(more.ttft), firsts)
             if folded is None:
                 folded = durations
             else:  # a second window: the buckets are counted over all of them below
                 folded += durations
-                latency = {}
+                latency, firsts = {}, {}
             if more is not None:
                 if extras is None:
                     extras = more
@@ -550,7 +552,8 @@ class Provider:
                     headers = bucket_counts(extras.headers)
                     self._headers_window.record_successes(when, len(extras.headers), headers)
                 if extras.ttft:
-                    firsts = bucket_counts(extras.ttft)
+                    if not firsts:
+                        firsts = bucket_counts(extras.ttft)
                     self._ttft.record_successes(when, len(extras.ttft), firsts)
                     lifetime_ttft = self._ttft_counts
                     for index, count in firsts.items():
