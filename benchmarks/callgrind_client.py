@@ -45,6 +45,7 @@ BODIES = {
     "/cost": json.dumps({**COMPLETION, "usage": USAGE}).encode(),
 }
 DELTAS = 20
+SLOW_SECONDS = 0.001
 
 
 def _event(data: object) -> bytes:
@@ -63,17 +64,24 @@ SSE_EVENTS = [
 
 async def upstream(scope: Message, receive: Callable[[], Awaitable[Message]],
                    send: Callable[[Message], Awaitable[None]]) -> None:
-    """A raw ASGI app: ``/json`` and ``/cost`` answer a completion, ``/sse`` streams one."""
+    """A raw ASGI app: ``/json`` and ``/cost`` answer a completion, ``/sse`` streams one.
+
+    ``/slow`` answers what ``/json`` does after :data:`SLOW_SECONDS` (the throughput benchmark's upstream).
+    """
     while (await receive()).get("more_body"):
         pass
-    if scope["path"] == "/sse":
+    path = scope["path"]
+    if path == "/slow":
+        await asyncio.sleep(SLOW_SECONDS)
+        path = "/json"
+    if path == "/sse":
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"text/event-stream")]})
         for event in SSE_EVENTS:
             await send({"type": "http.response.body", "body": event, "more_body": True})
         await send({"type": "http.response.body", "body": b""})
         return
-    body = BODIES.get(scope["path"])
+    body = BODIES.get(path)
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body or b"")).encode())]
     await send({"type": "http.response.start", "status": 404 if body is None else 200, "headers": headers})
     await send({"type": "http.response.body", "body": body or b""})

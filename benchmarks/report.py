@@ -187,7 +187,8 @@ def measure(groups: dict[str, list[Entry]], goal: Goal) -> float | None:
     if goal.unit == "s":
         return float(ours["stats"]["min"] - (other["stats"]["min"] if other else 0.0))
     if goal.unit == "interleaved":
-        return float(ours["stats"]["min"] / ours["extra_info"]["bare_min"])
+        ratio = float(ours["stats"]["min"] / ours["extra_info"]["bare_min"])
+        return 1 / ratio if goal.throughput else ratio
     assert other is not None
     if goal.throughput:
         return float(other["stats"]["min"] / ours["stats"]["min"])

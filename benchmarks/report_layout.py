@@ -51,7 +51,7 @@ class Goal:
     at_most: bool = True
     unit: str = "x"  # x: a ratio of minimums; s: a minimum (less other's), in seconds;
     # interleaved: ours' minimum over the bare minimum of the same rounds (extra_info["bare_min"])
-    throughput: bool = False  # ratio other / ours: higher is better
+    throughput: bool = False  # the inverse ratio (other / ours, or bare / ours): higher is better
 
     @property
     def target_text(self) -> str:
@@ -83,8 +83,10 @@ SECTIONS = (
         "above run seconds apart, and on a shared machine their ratio moves by a few percent from run "
         "to run; here both minimums come from the same stretch of time. The goals use these ratios.")),
     Section("threads", "Throughput: 8 threads × 1 ms upstream", (THREADS,), "throughput", (
-        "8 threads × 25 requests through one `httpx.Client` to an upstream that takes 1 ms; times are "
-        "per round of 200 requests.")),
+        "8 threads × 25 requests through one `httpx.Client` to a uvicorn upstream on 127.0.0.1 (its "
+        "own process) that answers after 1 ms; times are per round of 200 requests. Each "
+        "`ResilientTransport` round runs right after a bare round, timed alike: the goal is the ratio "
+        "of the two minimums.")),
     Section("core", "Core", CORE, intro="The engine under everything (issue 2); times per operation."),
     Section("metrics", "Metrics: a scrape", (COLLECT,), intro=(
         "`ResilienceCollector.collect()` (one Prometheus scrape, before text encoding) beside a bare "
@@ -144,8 +146,8 @@ GOALS = (
          INTERLEAVED, "post", None, 1.03, unit="interleaved"),
     Goal("transport vs bare, `AsyncClient` (interleaved, in memory)", INTERLEAVED, "async", None, 1.03,
          unit="interleaved"),
-    Goal("8 threads × 1 ms: throughput vs bare", THREADS, "resilience", "bare", 0.97, at_most=False,
-         throughput=True),
+    Goal("8 threads × 1 ms (real upstream): throughput vs bare (interleaved)", THREADS, "resilience", None,
+         0.97, at_most=False, unit="interleaved", throughput=True),
     Goal("`collect()`, 100 providers", COLLECT, "test_collect_100_providers", None, 0.002, unit="s"),
     Goal("`snapshot()`, 100 × 10, all windows changed", CORE[3],
          "test_snapshot_100x10", None, 0.002, unit="s"),
