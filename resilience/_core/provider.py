@@ -376,7 +376,7 @@ class Provider:
             and (cost is None or 0 <= cost <= MAX_ATTEMPT_COST_USD)
         ):
             window = self._stats if model is None else model
-            plain = time_to_headers is None and ttft is None and cost is None
+            plain = cost is None and time_to_headers is None and ttft is None  # cost first: set on most
             if plain and not (input_tokens or output_tokens):
                 pending: list[Any] = window.pending
                 pending.append(duration)

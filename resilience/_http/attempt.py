@@ -142,9 +142,11 @@ class Attempt:
             if in_band is not None and outcome == "success":
                 outcome = in_band  # a 200 whose body is an error
             cost = NO_COST
-            if costed and self.response is not None and (usage is not None or problem is not None
-                                                         or provider.policy.cost is not None):
-                cost = self._cost(usage, problem)  # there is a cost to find
+            if costed and self.response is not None:
+                if usage is not None and problem is None and provider.policy.cost is None:
+                    cost = usage_result(usage) or self._cost(usage, problem)  # the default extractor
+                elif usage is not None or problem is not None or provider.policy.cost is not None:
+                    cost = self._cost(usage, problem)  # there is a cost to find
             duration = now - self.start
             headers_at = self.headers_at  # set for streamed bodies only
             to_headers = None if headers_at is None else headers_at - self.start

@@ -408,15 +408,20 @@ def _usage_at_end(body: bytes, at: int) -> tuple[int, Any]:
     ``(_UNPROVEN, None)``: anything else (parse the whole body to know).
     """
     found = _USAGE_KEY.match(body, at)
-    if found is None or body[found.end() : found.end() + 1] != b"{":
+    if found is None:
+        return _UNPROVEN, None
+    start = found.end()
+    if body[start : start + 1] != b"{":
         return _UNPROVEN, None
     try:
-        text = body[found.end() :].decode()
+        text = body[start:].decode()
         usage, end = _SCAN(text, 0)  # text starts with "{": no whitespace for raw_decode to skip
     except (ValueError, RecursionError, StopIteration):  # UnicodeDecodeError included; nested too deep
         return _BAD, None
     rest = text[end:]
-    if rest.count("}") == 1 and rest.find("{") < 0 and rest.find("[") < 0 and rest.find("]") < 0:
+    if rest == "}" or (
+        rest.count("}") == 1 and rest.find("{") < 0 and rest.find("[") < 0 and rest.find("]") < 0
+    ):
         return _PROVEN, usage
     return _UNPROVEN, None
 
