@@ -361,3 +361,16 @@ def test_endless_distinct_content_types_are_judged_but_not_kept() -> None:
         assert inspect.scan(httpx.Headers({"content-type": f"text/plain; x={i}"}))[0] is None
     assert len(inspect._KINDS) <= cap
     assert inspect.scan(httpx.Headers({}))[:2] == (None, None)
+
+
+@pytest.mark.parametrize(("length", "within"), [
+    (None, None), (b"", None), (b"-1", None), (b"1_000", None), (b" 12", None), (b"9" * 40, None),
+    (b"0", True), (str(JSON_CAP).encode(), True), (str(JSON_CAP + 1).encode(), False), (b"9" * 18, False),
+])
+def test_a_content_length_is_small_only_when_it_is_digits_within_the_cap(
+    length: bytes | None, within: bool | None
+) -> None:
+    """Whether a JSON body may be read whole: by its Content-Length if it is plain digits, else unknown."""
+    from resilience._http.inspect import small
+
+    assert small(length) is within

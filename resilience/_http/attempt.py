@@ -50,8 +50,8 @@ class Attempt:
     """The response body's :func:`~resilience._http.inspect.body_kind`: ``json``, ``sse`` or ``None``."""
     encoding: bytes | None = None
     """Its content-encoding (``None``: identity)."""
-    length = -1
-    """Its ``Content-Length`` (-1: none)."""
+    length: bytes | None = None
+    """Its ``Content-Length`` as sent (``None``: none); see :func:`~resilience._http.inspect.small`."""
     inspector: BodyInspector | None = None
     body: tuple[Mapping[str, Any] | None, str | None, str | None, bool] | None = None
     """``(usage, problem, in-band error, content event)`` of a body read whole before it was returned."""

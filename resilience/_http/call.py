@@ -34,7 +34,7 @@ from resilience._http import ratelimit, tracing
 from resilience._http.attempt import Attempt, admit
 from resilience._http.deadline import DEADLINE_SLACK, call_deadline, cap_timeouts, exceeded
 from resilience._http.errors import DeadlineExceededError
-from resilience._http.inspect import JSON_CAP, BodyInspector, in_memory_body, scan
+from resilience._http.inspect import BodyInspector, in_memory_body, scan, small
 from resilience._http.loop import retry_async, retry_sync
 from resilience._http.observe import CallTrace
 from resilience._http.resolve import model_from_body, model_in
@@ -350,16 +350,17 @@ class Call:
     def wants_body(self, attempt: Attempt) -> bool:
         """Whether to read a success's body before returning: a small JSON one, and a retry possible.
 
-        Small: already in memory, or of a ``Content-Length`` within :data:`JSON_CAP`.
+        Small: already in memory, or of a ``Content-Length`` within
+        :data:`~resilience._http.inspect.JSON_CAP`.
         """
         if attempt.kind != "json":
             return False
         request, byte_stream = self.request, self.stack.byte_stream
-        length = attempt.length
+        within = small(attempt.length)
+        if within is None:  # no Content-Length: small if already in memory
+            within = attempt.response.stream.__class__ is byte_stream  # type: ignore[union-attr]  # responded
         return (
-            (length <= JSON_CAP if length >= 0 else attempt.response.stream.__class__ is byte_stream)  # type: ignore[union-attr]  # responded
-            and request.stream.__class__ is byte_stream
-            and self.retry.retries_method(request.method)
+            within and request.stream.__class__ is byte_stream and self.retry.retries_method(request.method)
         )
 
     def read_sync(self, attempt: Attempt) -> Attempt:

@@ -438,11 +438,12 @@ def header_triples(headers: AnyHeaders) -> list[tuple[bytes, bytes, bytes]]:
     return items
 
 
-def scan(headers: AnyHeaders) -> tuple[str | None, bytes | None, int, dict[bytes, bytes] | None]:
+def scan(headers: AnyHeaders) -> tuple[str | None, bytes | None, bytes | None, dict[bytes, bytes] | None]:
     """What a response's headers say, in one pass: ``(kind, encoding, length, rate-limit headers)``.
 
     ``kind`` and ``encoding`` as :func:`body_kind` gives them; ``length`` the
-    ``Content-Length`` (-1 when absent or not digits); the rate-limit headers
+    ``Content-Length`` as sent (``None``: absent; :func:`small` reads it, only
+    when it matters); the rate-limit headers
     (:mod:`resilience._http.ratelimit`) as ``{lower-cased key: value}``, or
     ``None`` when there are none (most responses). The pass is C code
     (``dict``, ``map``); Python looks only at the names that may be rate limits.
@@ -456,15 +457,13 @@ def scan(headers: AnyHeaders) -> tuple[str | None, bytes | None, int, dict[bytes
         maybe = True
     if maybe:
         limits = {key: value for key, value in found.items() if key.startswith(PREFIXES)} or None
-    length = found.get(b"content-length")
-    size = int(length) if length is not None and length.isdigit() and len(length) < 19 else -1
     key = (found.get(b"content-type"), found.get(b"content-encoding"))
     judged = _KINDS.get(key)
     if judged is None:
         judged = _kind(*key)
         if len(_KINDS) < _KINDS_CAP:  # a provider sends a handful; hostile values are judged, not kept
             _KINDS[key] = judged
-    return judged[0], judged[1], size, limits
+    return judged[0], judged[1], found.get(b"content-length"), limits
 
 
 _KEY_VALUE = itemgetter(1, 2)
@@ -472,6 +471,13 @@ _FIRST_BYTE = itemgetter(0)
 _KINDS: dict[tuple[bytes | None, bytes | None], tuple[str | None, bytes | None]] = {}
 """``(content-type, content-encoding)`` values seen, and what :func:`_kind` made of them."""
 _KINDS_CAP = 256
+
+
+def small(length: bytes | None) -> bool | None:
+    """Whether a ``Content-Length`` is within :data:`JSON_CAP`; ``None`` when absent or not digits."""
+    if length is None or not length.isdigit() or len(length) > 18:
+        return None
+    return int(length) <= JSON_CAP
 
 
 def _kind(content_type: bytes | None, encoding: bytes | None) -> tuple[str | None, bytes | None]:
