@@ -186,29 +186,38 @@ def test_transport_threads(benchmark: BenchmarkFixture, kind: str, upstream: str
     The ResilientTransport rounds each follow a bare round (in the setup,
     timed alike): ``bare_min`` beside its minimum is the goal's ratio.
     """
-    clients = [httpx.Client(transport=_threaded(k), base_url=upstream) for k in ("bare", kind)]
+    interleaved = kind == "resilience"
+    kinds = ("bare", kind) if interleaved else (kind,)
+    clients = [httpx.Client(transport=_threaded(k), base_url=upstream) for k in kinds]
     benchmark.extra_info.update(peer=kind, requests=THREADS * REQUESTS_PER_THREAD)
     with ThreadPoolExecutor(THREADS) as pool:
-        bare, ours = (_threads_round(c, pool) for c in clients)
-        bare_times: list[float] = []
-
-        def timed_bare() -> None:
-            start = time.perf_counter()
-            bare()
-            bare_times.append(time.perf_counter() - start)
-
-        if kind == "resilience":
-            benchmark.pedantic(  # type: ignore[no-untyped-call]
-                ours, setup=timed_bare, rounds=INTERLEAVED_ROUNDS, warmup_rounds=2
-            )
-            measured = bare_times[-INTERLEAVED_ROUNDS:]  # the warmup rounds run their setup too
-            benchmark.extra_info.update(
-                bare_min=min(measured), bare_median=sorted(measured)[len(measured) // 2]
-            )
+        rounds = [_threads_round(c, pool) for c in clients]
+        if interleaved:
+            _interleaved(benchmark, *rounds)
         else:
-            benchmark.pedantic(ours, rounds=ROUNDS, warmup_rounds=2)  # type: ignore[no-untyped-call]
+            benchmark.pedantic(rounds[0], rounds=ROUNDS, warmup_rounds=2)  # type: ignore[no-untyped-call]
     for client in clients:
         client.close()
+
+
+def _interleaved(benchmark: BenchmarkFixture, bare: Callable[[], None], ours: Callable[[], None]) -> None:
+    """Time ``ours`` in rounds, each right after a round of ``bare`` (its setup, timed alike).
+
+    The bare rounds' minimum and median go to ``extra_info`` (``bare_min``,
+    ``bare_median``): both minimums come from the same stretch of time.
+    """
+    bare_times: list[float] = []
+
+    def timed_bare() -> None:
+        start = time.perf_counter()
+        bare()
+        bare_times.append(time.perf_counter() - start)
+
+    benchmark.pedantic(  # type: ignore[no-untyped-call]
+        ours, setup=timed_bare, rounds=INTERLEAVED_ROUNDS, warmup_rounds=2
+    )
+    measured = bare_times[-INTERLEAVED_ROUNDS:]  # the warmup rounds run their setup too
+    benchmark.extra_info.update(bare_min=min(measured), bare_median=sorted(measured)[len(measured) // 2])
 
 
 # -- happy path, interleaved with bare ------------------------------------------------------------
@@ -237,21 +246,8 @@ def test_transport_interleaved(benchmark: BenchmarkFixture, case: str) -> None:
     else:
         clients = [httpx.Client(transport=_transport(k), base_url=BASE_URL) for k in ("bare", "resilience")]
         bare, ours = (_sync_round(c, case) for c in clients)
-    bare_times: list[float] = []
-
-    def timed_bare() -> None:
-        start = time.perf_counter()
-        bare()
-        bare_times.append(time.perf_counter() - start)
-
-    benchmark.pedantic(  # type: ignore[no-untyped-call]
-        ours, setup=timed_bare, rounds=INTERLEAVED_ROUNDS, warmup_rounds=2
-    )
-    measured = bare_times[-INTERLEAVED_ROUNDS:]  # the warmup rounds run their setup too
-    benchmark.extra_info.update(
-        peer=case,
-        bare_min=min(measured), bare_median=sorted(measured)[len(measured) // 2],
-    )
+    benchmark.extra_info["peer"] = case
+    _interleaved(benchmark, bare, ours)
     for client in clients:
         if isinstance(client, httpx.AsyncClient):
             loop.run_until_complete(client.aclose())
