@@ -68,6 +68,8 @@ class Call:
     routed = False
     """One target's call of a route: the route call says which attempt is final."""
     deadline: Deadline | None = None
+    began: float | None = None
+    """When the call's first attempt started (``None``: a route's call, whose attempts say)."""
 
     def __init__(
         self, transport: ResilientTransport, stack: Stack, request: httpx2.Request, traced: bool,
@@ -230,7 +232,7 @@ class Call:
     def run_sync(self, send: SyncSend, sleep: Sleep) -> httpx2.Response:
         """Run the call to its response (or raise its last error)."""
         provider = self.provider
-        now = provider.clock()
+        self.began = now = provider.clock()
         retries = provider.policy.retry.attempts > 1
         span = tracing.start(provider.name, model=self.model_name, route=None)
         if span is not None:
@@ -269,7 +271,7 @@ class Call:
     async def run_async(self, send: AsyncSend, sleep: AsyncSleep) -> httpx2.Response:
         """:meth:`run_sync` for async transports."""
         provider = self.provider
-        now = provider.clock()
+        self.began = now = provider.clock()
         retries = provider.policy.retry.attempts > 1
         span = tracing.start(provider.name, model=self.model_name, route=None)
         if span is not None:

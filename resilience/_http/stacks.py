@@ -16,6 +16,7 @@ from __future__ import annotations
 import ssl
 import sys
 from dataclasses import dataclass
+from datetime import timedelta
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
@@ -71,6 +72,8 @@ class Stack:
     """Built as ``stack.deadline_exceeded(message, request=..., deadline=..., provider=...)``."""
     http_transports: tuple[type, ...]
     """The stack's own (httpcore-backed) transports, whose connection reuse can be traced."""
+    holds_content: bool
+    """Its responses take a body read already (:func:`hold_content`): the probe of :func:`_holds_content`."""
 
     def default_transport(self, *, sync: bool) -> Any:
         """A new default transport of this stack (``HTTPTransport`` / ``AsyncHTTPTransport``)."""
@@ -95,7 +98,44 @@ def _stack(
         stream_timeout=stream_timeout,
         deadline_exceeded=deadline_exceeded,
         http_transports=(module.HTTPTransport, module.AsyncHTTPTransport),
+        holds_content=_holds_content(module),
     )
+
+
+def hold_content(response: Any, content: bytes, seconds: float) -> None:
+    """Give ``response`` its body, already read and not content-encoded: the client reads no stream.
+
+    The client's ``read()`` / ``aread()`` returns ``content`` at once, as
+    after its own read (``elapsed``, ``num_bytes_downloaded``); the stream
+    stays as it is, so ``iter_raw()`` on a response of ``client.stream()``
+    still yields the raw bytes. The one place the library writes a
+    response's private attributes (``_content``, ``_num_bytes_downloaded``):
+    used only when :attr:`Stack.holds_content` found that they mean this.
+    """
+    response._content = content
+    response._num_bytes_downloaded = len(content)
+    response.elapsed = timedelta(seconds=seconds)
+
+
+def _holds_content(module: Any) -> bool:
+    """Whether ``module``'s responses serve a body given by :func:`hold_content` and leave the stream be.
+
+    Probed once per stack: a future version that reads them differently gets
+    its body through its own read of the in-memory stream, as before.
+    """
+    try:
+        response = module.Response(200, stream=module.ByteStream(b"stream"))
+        hold_content(response, b"content", 0.5)
+        return (
+            response.read() == b"content"
+            and b"".join(response.iter_bytes()) == b"content"
+            and response.num_bytes_downloaded == len(b"content")
+            and response.elapsed == timedelta(seconds=0.5)
+            and not response.is_stream_consumed
+            and b"".join(response.iter_raw()) == b"stream"
+        )
+    except Exception:  # any surprise: the stack reads its stream
+        return False
 
 
 HTTPX2 = _stack("httpx2", httpx2, StreamTimeoutError, DeadlineExceededError)

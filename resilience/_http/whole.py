@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from resilience._http.inspect import THROTTLED, whole_body_of
+from resilience._http.stacks import hold_content
 
 if TYPE_CHECKING:
     from resilience._http.attempt import Attempt
@@ -32,6 +33,9 @@ def taken(attempt: Attempt, stack: Stack, raw: bytes) -> None:
         response.stream = stack.byte_stream(raw)
     attempt.headers_at = None  # not streamed: judged by its whole duration
     attempt.body = found = whole_body_of(attempt.kind, attempt.encoding, raw)
+    if attempt.encoding is None and stack.holds_content:  # the client need not read the stream again
+        began = attempt.call.began
+        hold_content(response, raw, attempt.provider.clock() - (attempt.start if began is None else began))
     in_band = found[2]
     if in_band is not None and attempt.outcome == "success":
         attempt.outcome = in_band

@@ -6,7 +6,10 @@ and once with httpx (httpcore) as the module's ``httpx``.
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
 import gc
+import gzip
 import json
 import select
 import socket
@@ -29,11 +32,14 @@ from resilience import (
     RetryPolicy,
     StreamTimeoutError,
 )
+from resilience._http import stacks
 from resilience.testing import FakeClock
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio, pytest.mark.usefixtures("stack")]
 
 USAGE = {"prompt_tokens": 5, "completion_tokens": 7, "cost": 0.002}
+WHOLE = json.dumps({"model": "gpt-4o", "usage": USAGE}).encode()
+WHOLE_GZIP = gzip.compress(WHOLE)
 
 
 async def upstream(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -50,6 +56,14 @@ async def upstream(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if path == "/ok":
         await start()
         await body(json.dumps({"usage": USAGE}).encode())
+    elif path in ("/whole", "/whole-gzip"):  # a Content-Length: small enough to be read whole
+        data, headers = WHOLE, [(b"content-type", b"application/json")]
+        if path == "/whole-gzip":
+            data = WHOLE_GZIP
+            headers.append((b"content-encoding", b"gzip"))
+        headers.append((b"content-length", str(len(data)).encode()))
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await body(data)
     elif path == "/slow":
         if await linger(receive, 5.0):
             await start()
@@ -184,6 +198,66 @@ def test_slow_first_byte_sync(url: str) -> None:
         client.get(url + "/first-byte?0.6")
     assert isinstance(caught.value, httpx.TimeoutException)
     assert totals(registry) == {"failure": 1}
+
+
+@pytest.fixture(params=["held", "read again"])
+def held(request: pytest.FixtureRequest, stack: ModuleType, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """Each way a body read whole reaches the client: handed over (today's stacks), or read again by it.
+
+    The second is what a stack whose responses fail the probe gets.
+    """
+    found = stacks.BY_REQUEST[stack.Request]
+    assert found.holds_content
+    if request.param == "read again":
+        monkeypatch.setitem(stacks.BY_REQUEST, stack.Request, dataclasses.replace(found, holds_content=False))
+    return bool(request.param == "held")
+
+
+@pytest.mark.parametrize("path", ["/whole", "/whole-gzip"])
+async def test_a_body_read_whole_reaches_the_client_as_its_own_read(path: str, url: str, held: bool) -> None:
+    """Read whole by the call (for its in-band error): content, elapsed and bytes as after the client's read.
+
+    Without a content-encoding the client is handed the bytes already read
+    (:func:`resilience._http.stacks.hold_content`); gzip goes through the
+    client's own decoder.
+    """
+    transport, registry, _ = transport_for()
+    with httpx.Client(transport=transport) as client:
+        sync_response = await anyio.to_thread.run_sync(lambda: client.post(url + path, json={"model": "m"}))
+    async with httpx.AsyncClient(transport=transport) as aclient:
+        async_response = await aclient.post(url + path, json={"model": "m"})
+    for response in (sync_response, async_response):
+        assert response.content == WHOLE
+        assert response.json() == {"model": "gpt-4o", "usage": USAGE}
+        assert isinstance(response.elapsed, datetime.timedelta)
+        assert response.elapsed.total_seconds() >= 0
+        assert response.num_bytes_downloaded == len(WHOLE if path == "/whole" else WHOLE_GZIP)
+    snap = registry.get("127.0.0.1").snapshot()
+    assert (snap.window.successes, snap.window.input_tokens, snap.window.output_tokens) == (2, 10, 14)
+    assert snap.cost_total == pytest.approx(0.004)
+
+
+@pytest.mark.parametrize("path", ["/whole", "/whole-gzip"])
+async def test_a_body_read_whole_keeps_its_raw_bytes_for_a_streaming_caller(
+    path: str, url: str, held: bool
+) -> None:
+    """``client.stream()``: ``iter_raw()`` still yields the bytes as sent (a proxy passes them on)."""
+    raw = WHOLE if path == "/whole" else WHOLE_GZIP
+    transport, registry, _ = transport_for()
+
+    def sync_raw() -> tuple[bytes, datetime.timedelta]:
+        with httpx.Client(transport=transport) as client, client.stream("POST", url + path, json={}) as r:
+            return b"".join(r.iter_raw()), r.elapsed
+
+    got, elapsed = await anyio.to_thread.run_sync(sync_raw)
+    assert got == raw
+    assert elapsed.total_seconds() >= 0
+    async with httpx.AsyncClient(transport=transport) as aclient:
+        async with aclient.stream("POST", url + path, json={}) as response:
+            assert b"".join([part async for part in response.aiter_raw()]) == raw
+        async with aclient.stream("POST", url + path, json={}) as response:
+            assert await response.aread() == WHOLE
+    assert registry.get("127.0.0.1").snapshot().window.successes == 3
 
 
 async def test_sse_usage_through_a_real_stream(url: str) -> None:
