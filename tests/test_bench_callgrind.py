@@ -68,6 +68,25 @@ def test_otel_comparison_without_the_packages_is_an_error_not_a_run(monkeypatch:
     ]
 
 
+@pytest.mark.parametrize("reread", ["1", None])
+def test_client_rereads_a_body_read_whole_only_when_asked(reread: str | None,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """``RESILIENCE_BENCH_REREAD=1``: the wrapped client hands no body over (its count shows the saving)."""
+    import callgrind_client
+    import httpx2
+
+    from resilience._http import stacks
+
+    monkeypatch.setattr(stacks, "BY_REQUEST", dict(stacks.BY_REQUEST))  # the client patches it in place
+    if reread is None:
+        monkeypatch.delenv(callgrind_client.REREAD, raising=False)
+    else:
+        monkeypatch.setenv(callgrind_client.REREAD, reread)
+    callgrind_client._transport(httpx2, "wrapped", sync=True)
+    held = stacks.BY_REQUEST[httpx2.Request].holds_content
+    assert held is (reread is None)
+
+
 @pytest.mark.integration
 @pytest.mark.parametrize("mode", ["wrapped", "wrapped_no_otel", "wrapped_traced"])
 def test_client_otel_modes_run_natively(mode: str) -> None:
