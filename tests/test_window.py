@@ -168,10 +168,34 @@ def test_window_memory_is_constant_over_a_million_records() -> None:
     assert growth < 16 * 1024, f"window grew by {growth} bytes over 1,000,000 records"
 
 
-@given(st.lists(st.floats(min_value=0.0, max_value=1e5, allow_nan=False), max_size=50))
+_DURATION = st.one_of(
+    st.floats(min_value=0.0, max_value=1e5, allow_nan=False),
+    st.floats(min_value=1e-7, max_value=3e-6),  # a guard's no-op: thousands in a few buckets
+    st.sampled_from(_histogram.BOUNDS),  # exactly on a bound: the bucket below it
+    st.floats(),  # negative, infinite, NaN: the first or the last bucket
+)
+
+
+@given(st.lists(_DURATION, max_size=300))
 def test_bucket_counts_agree_with_the_python_fallback(durations: list[float]) -> None:
-    """The C counting loop and its pure-Python fallback give the same ``{bucket: count}``."""
+    """One by one (C loop), sorted (many in few buckets) or by the Python fallback: the same counts."""
     fallback: dict[int, int] = {}
     _histogram._count_into(fallback, map(_histogram.bucket_of, durations))
     assert _histogram.bucket_counts(durations) == fallback
     assert sum(fallback.values()) == len(durations)
+
+
+_FEW_BUCKETS = st.one_of(
+    st.floats(min_value=1e-7, max_value=3e-6),
+    st.sampled_from([bound for bound in _histogram.BOUNDS if bound <= 3e-6]),  # on a bound: the one below
+)
+
+
+@given(st.lists(_FEW_BUCKETS, min_size=128, max_size=400))
+def test_many_durations_in_few_buckets_are_counted_sorted(durations: list[float]) -> None:
+    """Many durations within a few buckets take the sorted path, and it counts them exactly."""
+    lo, hi = _histogram.bucket_of(min(durations)), _histogram.bucket_of(max(durations))
+    assert (hi - lo) * 8 <= len(durations)  # the sorted path's condition holds, so it is the one tested
+    fallback: dict[int, int] = {}
+    _histogram._count_into(fallback, map(_histogram.bucket_of, durations))
+    assert _histogram.bucket_counts(durations) == fallback
