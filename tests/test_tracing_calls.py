@@ -14,6 +14,7 @@ OpenMetrics exemplars; nothing without a tracer provider. On each HTTP stack
 
 from __future__ import annotations
 
+import gc
 import json
 import re
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -552,6 +553,53 @@ async def test_a_streamed_call_span_ends_with_its_body(
         "gen_ai.usage.input_tokens": 3, "gen_ai.usage.output_tokens": 5,
         "resilience.attempts": 1, "resilience.cost_usd": 0.25,
     }
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_stream_dropped_unread_ends_its_span_at_the_next_call(
+    mode: str, provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    """A stream never read nor closed, then collected: its span ends with the next traced call, not in GC.
+
+    The collector takes no lock (ending a span may): the span waits, and the
+    next traced call (or the transport's close) ends it, with its provider
+    and its attempt, no usage and no error.
+    """
+    transport, _, _ = setup(sse, ok)
+    body = {**BODY, "stream": True}
+    tracer = provider.get_tracer("app")
+    with tracer.start_as_current_span("gateway"):
+        if mode == "sync":
+            client = httpx.Client(transport=transport)
+            response = client.send(client.build_request("POST", URL, json=body), stream=True)
+        else:
+            aclient = httpx.AsyncClient(transport=transport)
+            response = await aclient.send(aclient.build_request("POST", URL, json=body), stream=True)
+        assert response.status_code == 200
+        del response
+        gc.collect()
+        assert call_spans(exporter) == []  # nothing ended while collecting
+        await post(mode, transport)
+    dropped, answered = sorted(call_spans(exporter), key=lambda span: span.start_time or 0)
+    assert attributes(dropped) == {
+        "gen_ai.request.model": MODEL, "gen_ai.provider.name": "openrouter", "resilience.attempts": 1,
+    }
+    assert dropped.status.status_code is StatusCode.UNSET
+    assert attributes(answered) == PLAIN
+
+
+def test_a_dropped_streams_span_ends_at_the_transports_close(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    """With no later call, closing the transport ends the span of a stream collected unfinished."""
+    transport, _, _ = setup(sse)
+    client = httpx.Client(transport=transport)
+    response = client.send(client.build_request("POST", URL, json={**BODY, "stream": True}), stream=True)
+    del response
+    gc.collect()
+    assert call_spans(exporter) == []
+    client.close()
+    assert [span.name for span in call_spans(exporter)] == ["resilience openrouter"]
 
 
 # -- exemplars -------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from resilience._core.errors import CircuitOpenError
 from resilience._core.provider import Provider
 from resilience._core.window import TimeWindow
 from resilience._http.inspect import MALFORMED, BodyInspector, in_memory_body, whole_body_of
+from resilience._http.observe import ABANDONED
 
 if TYPE_CHECKING:
     from resilience._http.call import Call
@@ -77,10 +78,21 @@ class Attempt:
                 self.call.stats.add_attempt(self.provider.name)
 
     def abandon(self) -> None:
-        """The response was dropped unfinished and is being collected: free the permit, lock-free."""
+        """The response was dropped unfinished and is being collected: free the permit, lock-free.
+
+        The call's span, if this attempt was the answer, is left to end outside
+        the collector (:data:`~resilience._http.observe.ABANDONED`).
+        """
         if not self.done:
             self.done = True
             self.provider.orphan(self.permit)
+            call = self.call
+            trace = call.trace
+            if trace is not None and call.final is self:
+                call.final = None
+                trace.attempts += 1
+                trace.provider = self.provider.name
+                ABANDONED.append(trace)  # one C call: no lock
 
     def finish(
         self, *, failed: bool = False, complete: bool = True, costed: bool = True, judged: bool = True

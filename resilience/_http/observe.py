@@ -4,7 +4,11 @@ A call with a span (a tracer provider is set) carries a :class:`CallTrace`.
 Each attempt's record adds its cost and tokens and keeps the span's trace id
 as the exemplar of its duration; the record of the attempt whose response
 the caller got ends the span (for a stream, when its body ends, so usage is
-known). A call that raises ends it at once.
+known). A call that raises ends it at once. A stream dropped unfinished and
+garbage-collected ends no span where it is collected (a collector must take
+no lock, and ending a span may): its trace waits in :data:`ABANDONED` and the
+next traced call, or the transport's ``close()``, ends it
+(:func:`end_abandoned`).
 """
 
 from __future__ import annotations
@@ -12,6 +16,19 @@ from __future__ import annotations
 from resilience._core.cost import CostResult
 from resilience._core.provider import Provider
 from resilience._http.tracing import CallSpan
+
+ABANDONED: list[CallTrace] = []
+"""Traces of calls whose stream was collected unfinished, to end outside the collector."""
+
+
+def end_abandoned() -> None:
+    """End the spans of the calls in :data:`ABANDONED` (thread-safe: each is popped once)."""
+    while ABANDONED:
+        try:
+            trace = ABANDONED.pop()
+        except IndexError:  # another thread took the last one
+            return
+        trace.end(None)
 
 
 class CallTrace:
