@@ -570,8 +570,7 @@ async def test_a_stream_dropped_unread_ends_its_span_at_the_next_call(
     tracer = provider.get_tracer("app")
     with tracer.start_as_current_span("gateway"):
         if mode == "sync":
-            client = httpx.Client(transport=transport)
-            response = client.send(client.build_request("POST", URL, json=body), stream=True)
+            response = send_unread(transport, body)
         else:
             aclient = httpx.AsyncClient(transport=transport)
             response = await aclient.send(aclient.build_request("POST", URL, json=body), stream=True)
@@ -588,17 +587,22 @@ async def test_a_stream_dropped_unread_ends_its_span_at_the_next_call(
     assert attributes(answered) == PLAIN
 
 
+def send_unread(transport: ResilientTransport, body: dict[str, Any]) -> httpx.Response:
+    """Send ``body`` through a sync client and return the streamed response, unread and open."""
+    client = httpx.Client(transport=transport)
+    return client.send(client.build_request("POST", URL, json=body), stream=True)
+
+
 def test_a_dropped_streams_span_ends_at_the_transports_close(
     provider: TracerProvider, exporter: InMemorySpanExporter
 ) -> None:
     """With no later call, closing the transport ends the span of a stream collected unfinished."""
     transport, _, _ = setup(sse)
-    client = httpx.Client(transport=transport)
-    response = client.send(client.build_request("POST", URL, json={**BODY, "stream": True}), stream=True)
+    response = send_unread(transport, {**BODY, "stream": True})
     del response
     gc.collect()
     assert call_spans(exporter) == []
-    client.close()
+    transport.close()
     assert [span.name for span in call_spans(exporter)] == ["resilience openrouter"]
 
 
