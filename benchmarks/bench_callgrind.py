@@ -52,7 +52,7 @@ import httpx
 
 CLIENT = Path(__file__).resolve().with_name("callgrind_client.py")
 VALGRIND = "/usr/bin/valgrind"
-CASES = ("sync_json", "sync_cost", "sync_sse", "async_cost", "guard")
+CASES = ("sync_json", "sync_cost", "sync_chunked", "sync_sse", "async_cost", "guard")
 STACKS = ("httpx", "httpx2")
 GUARD_PEERS = ("pybreaker", "circuitbreaker")
 OTEL = "otel"

@@ -70,6 +70,8 @@ async def upstream(scope: Message, receive: Callable[[], Awaitable[Message]],
                    send: Callable[[Message], Awaitable[None]]) -> None:
     """A raw ASGI app: ``/json`` and ``/cost`` answer a completion, ``/sse`` streams one.
 
+    ``/chunked`` answers what ``/cost`` does in two pieces without a ``Content-Length`` (chunked).
+
     ``/slow`` answers what ``/json`` does after :data:`SLOW_SECONDS` (the throughput benchmark's upstream).
     """
     while (await receive()).get("more_body"):
@@ -84,6 +86,13 @@ async def upstream(scope: Message, receive: Callable[[], Awaitable[Message]],
         for event in SSE_EVENTS:
             await send({"type": "http.response.body", "body": event, "more_body": True})
         await send({"type": "http.response.body", "body": b""})
+        return
+    if path == "/chunked":  # the /cost body in two pieces, no Content-Length: chunked, as many providers send
+        whole = BODIES["/cost"]
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": whole[:64], "more_body": True})
+        await send({"type": "http.response.body", "body": whole[64:]})
         return
     body = BODIES.get(path)
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body or b"")).encode())]
@@ -215,7 +224,7 @@ def _sync_request(client: Any, case: str) -> Callable[[], None]:
                     pass
 
         return stream
-    path = "/cost" if case == "sync_cost" else "/json"
+    path = {"sync_cost": "/cost", "sync_chunked": "/chunked"}.get(case, "/json")
     return lambda: _checked(client.post(path, json=PAYLOAD))
 
 

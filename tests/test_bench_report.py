@@ -87,8 +87,12 @@ def test_callgrind_goals_and_table_come_from_the_counted_results() -> None:
         {"case": "guard", "stack": "pybreaker", "bare": 15_000.0, "wrapped": 8_000.0, "ratio": 8 / 15,
          "extra": -7_000.0},
         {"case": "sync_sse", "stack": "httpx", "bare": None, "wrapped": None, "ratio": None, "extra": None},
+        {"case": "sync_chunked", "stack": "httpx2", "bare": 1_000_000.0, "wrapped": 1_060_000.0,
+         "ratio": 1.06, "extra": 60_000.0},
     ]
     page = report.render(run(), {}, callgrind=results)
+    assert "chunked JSON body with `usage.cost` (no Content-Length) | httpx2 | 1,000,000 | 1,060,000" in page
+    assert "(no Content-Length), httpx2 (instructions)" not in page  # no goal of its own
     assert "JSON body with `usage.cost`, httpx2 (instructions) | 1.020× | ≤ 1.03× | met |" in page
     assert "JSON with `usage.cost`, httpx (instructions) | 1.050× | ≤ 1.03× | **not met** |" in page
     assert "| `registry.guard` vs pybreaker (instructions) | 0.533× | ≤ 0.50× | **not met** |" in page

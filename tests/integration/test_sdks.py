@@ -175,8 +175,10 @@ class FakeLLM:
                 while (await receive())["type"] != "http.disconnect":
                     pass
         elif path == "/v1/chat/completions" and not stream:
-            await start(200, b"application/json")
-            await chunk(json.dumps(openai_answer(model)).encode())
+            answer = json.dumps(openai_answer(model)).encode()
+            sized = (b"content-length", str(len(answer)).encode())  # x-sized: framed, not chunked
+            await start(200, b"application/json", *([sized] if headers.get(b"x-sized") else []))
+            await chunk(answer)
         elif path == "/v1/messages" and not stream:
             await start(200, b"application/json")
             await chunk(json.dumps(anthropic_answer(model)).encode())
@@ -286,6 +288,26 @@ def test_openai_sync(url: str, http_client: Callable[..., httpx2.Client], stream
             text = completion.choices[0].message.content or ""
             assert completion.usage is not None and completion.usage.total_tokens == 12
     assert text == TEXT
+    assert_recorded(registry, "openai", GPT, cost=0.002, tokens=(5, 7))
+
+
+@pytest.mark.parametrize("sized", [pytest.param(True, id="sized"), pytest.param(False, id="chunked")])
+def test_openai_raw_response_reads_as_the_clients_own_read(url: str, sized: bool) -> None:
+    """``with_raw_response``, a body with a ``Content-Length`` (read whole by the call, for its in-band error)
+    or chunked (streamed through): parsed, with ``elapsed`` and the bytes downloaded, as the client's read."""
+    registry = registry_for("openai")
+    http = httpx2.Client(transport=ResilientTransport(registry))
+    extra = {"x-sized": "1"} if sized else {}
+    with openai.OpenAI(base_url=url + "/v1", api_key="x", http_client=http, max_retries=0) as client:
+        raw = client.chat.completions.with_raw_response.create(
+            model=GPT, messages=MESSAGES, extra_headers=extra
+        )
+        completion = raw.parse()
+        assert completion.choices[0].message.content == TEXT
+        assert raw.elapsed.total_seconds() >= 0
+        assert raw.http_response.num_bytes_downloaded == len(raw.http_response.content)
+        assert ("content-length" in raw.headers) is sized
+        assert raw.http_response.json()["usage"] == OPENAI_USAGE
     assert_recorded(registry, "openai", GPT, cost=0.002, tokens=(5, 7))
 
 
