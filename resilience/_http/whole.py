@@ -7,7 +7,10 @@ has another target; ``Call.read_sync``): the raw bytes, still
 content-encoded, bounded by :data:`resilience._http.inspect.JSON_CAP`
 through ``Content-Length``, are handed to :func:`taken`. The response then
 carries them as an in-memory stream, so the caller gets exactly the same
-bytes and the attempt is recorded from them at once.
+bytes and the attempt is recorded from them at once. Without a
+content-encoding they are also its content
+(:func:`resilience._http.stacks.hold_content`): the client's ``read()`` does
+not read them a second time.
 """
 
 from __future__ import annotations
