@@ -36,7 +36,7 @@ from resilience._http.deadline import DEADLINE_SLACK, call_deadline, cap_timeout
 from resilience._http.errors import DeadlineExceededError
 from resilience._http.inspect import BodyInspector, in_memory_body, scan, small
 from resilience._http.loop import retry_async, retry_sync
-from resilience._http.observe import ABANDONED, CallTrace, end_abandoned
+from resilience._http.observe import CallTrace
 from resilience._http.resolve import model_from_body, model_in
 from resilience._http.stacks import Stack
 from resilience._http.stale import send_watching_async, send_watching_sync
@@ -237,8 +237,6 @@ class Call:
         span = tracing.start(provider.name, model=self.model_name, route=None)
         if span is not None:
             self.trace = CallTrace(span)
-            if ABANDONED:
-                end_abandoned()
         try:
             if self.deadline is not None:
                 self.starting(now)
@@ -278,8 +276,6 @@ class Call:
         span = tracing.start(provider.name, model=self.model_name, route=None)
         if span is not None:
             self.trace = CallTrace(span)
-            if ABANDONED:
-                end_abandoned()
         try:
             if self.deadline is not None:
                 self.starting(now)

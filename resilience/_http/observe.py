@@ -7,8 +7,8 @@ the caller got ends the span (for a stream, when its body ends, so usage is
 known). A call that raises ends it at once. A stream dropped unfinished and
 garbage-collected ends no span where it is collected (a collector must take
 no lock, and ending a span may): its trace waits in :data:`ABANDONED` and the
-next traced call, or the transport's ``close()``, ends it
-(:func:`end_abandoned`).
+next traced call (its :class:`CallTrace` is made), or the transport's
+``close()``, ends it (:func:`end_abandoned`).
 """
 
 from __future__ import annotations
@@ -40,6 +40,8 @@ class CallTrace:
     )
 
     def __init__(self, span: CallSpan) -> None:
+        if ABANDONED:  # a traced call: spans of streams collected unfinished end now, outside the collector
+            end_abandoned()
         self.span = span
         self.attempts = 0
         self.cost: float | None = None

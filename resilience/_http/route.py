@@ -47,7 +47,7 @@ from resilience._http.call import AsyncSend, Call, SyncSend
 from resilience._http.deadline import call_deadline, exceeded
 from resilience._http.errors import DeadlineExceededError
 from resilience._http.inspect import BodyInspector, in_memory_body, whole_body_of
-from resilience._http.observe import ABANDONED, CallTrace, end_abandoned
+from resilience._http.observe import CallTrace
 from resilience._http.resolve import _MODEL, model_from_body
 from resilience._http.stacks import ASYNC_STREAM_BASES, SYNC_STREAM_BASES, Stack
 from resilience._http.stream import AsyncRecordingStream, SyncRecordingStream
@@ -255,8 +255,6 @@ class RouteCall:
         span = tracing.start(self.route.name, model=self.model, route=self.route.name)
         if span is not None:
             self.trace = CallTrace(span)
-            if ABANDONED:
-                end_abandoned()
 
     def failed(self, exc: BaseException) -> None:
         """The route call raised ``exc``: a failure of the route (unless it was a rejection), on the span.

@@ -29,7 +29,7 @@ from resilience._core.errors import ConfigError
 from resilience._core.registry import ProviderRegistry
 from resilience._core.retry import RetryBudget
 from resilience._http.call import Call
-from resilience._http.observe import ABANDONED, end_abandoned
+from resilience._http.observe import end_abandoned
 from resilience._http.resolve import Resolver
 from resilience._http.route import RouteCall
 from resilience._http.stacks import BY_REQUEST, STACKS, Stack, stack_of, stack_of_transport
@@ -134,8 +134,7 @@ class ResilientTransport(_Base):
 
         The spans of calls whose stream was dropped unfinished end here too, if no later call ended them.
         """
-        if ABANDONED:
-            end_abandoned()
+        end_abandoned()
         for (_, sync), inner in list(self._inner.items()):
             if sync and hasattr(inner, "close"):
                 inner.close()
@@ -167,8 +166,7 @@ class ResilientTransport(_Base):
 
     async def aclose(self) -> None:
         """Close the async inner transports (the defaults made, or the one given); see :meth:`close`."""
-        if ABANDONED:
-            end_abandoned()
+        end_abandoned()
         for (_, sync), inner in list(self._inner.items()):
             if not sync and hasattr(inner, "aclose"):
                 await inner.aclose()
