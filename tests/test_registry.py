@@ -130,6 +130,31 @@ def test_guards_by_name_are_one_per_call(clock: FakeClock) -> None:
     assert snap.duration_sum == pytest.approx(0.5)  # 0.1 s and 0.4 s, each from its own start
 
 
+def test_guard_of_a_model_or_a_provider_object_records_in_its_windows(clock: FakeClock) -> None:
+    """guard(name, model) counts in the model's window too; guard(provider) is that provider's guard."""
+    registry = ProviderRegistry(clock=clock, max_models=2)
+    provider = registry.register("a")
+    for model in ("m1", "m1", "m2", "m3", "m4"):  # m3 and m4 fold into "other"
+        with registry.guard("a", model=model):
+            clock.advance(0.1)
+    with registry.guard(provider):
+        clock.advance(0.1)
+    other = ProviderRegistry(clock=clock).register("a")  # another registry's provider of the same name
+    with registry.guard(other):
+        clock.advance(0.1)
+    assert provider.snapshot().window.successes == 6
+    assert other.snapshot().window.successes == 1
+    models = {m.model: m.window.successes for m in registry.snapshot().providers[0].models}
+    assert models == {"m1": 2, "m2": 1, "other": 2}
+    assert len(registry._model_guards) == 3  # one class per model window, not per call or name
+
+
+def test_a_guard_is_made_by_the_registry_not_by_calling_guard() -> None:
+    """Guard() itself is refused with a TypeError that says how to get one."""
+    with pytest.raises(TypeError, match=r"registry\.guard"):
+        resilience.Guard()
+
+
 def test_guard_classifies_exceptions_by_policy(clock: FakeClock) -> None:
     """exception_outcome can call an exception a client error (not a breaker failure)."""
     policy = Policy(exception_outcome=lambda exc: "client_error" if isinstance(exc, KeyError) else None)

@@ -520,7 +520,7 @@ class Provider:
                 more = Extras(_drain(rich))
                 durations += more.durations
             if window is not stats:
-                latency = bucket_counts(durations)
+                latency = bucket_counts(durations, reorder=True)  # its own list, as below
                 window.record_successes(when, len(durations), latency, more)
                 if more is not None and more.ttft:
                     ttft_window = window.ttft
@@ -540,8 +540,9 @@ class Provider:
                     extras.add(more)
         if folded is not None:
             n = len(folded)
-            if not latency:
-                latency = bucket_counts(folded)
+            duration_sum = math.fsum(folded)
+            if not latency:  # folded is this fold's own list: sorting it in place spares a copy
+                latency = bucket_counts(folded, total=duration_sum, reorder=True)
             stats.record_successes(when, n, latency, extras)
             if extras is not None:
                 self._cost_total += extras.cost
@@ -564,7 +565,7 @@ class Provider:
             lifetime = self._duration_counts
             for index, count in latency.items():
                 lifetime[PROMETHEUS_BUCKET[index]] += count
-            self._duration_sum += math.fsum(folded)
+            self._duration_sum += duration_sum
         if now >= fold_at:
             width = self._fold_width
             self._fold_at = (now // width + 1) * width

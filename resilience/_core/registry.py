@@ -21,6 +21,7 @@ from resilience._core.ports import Exporter, ExporterFactory, Probe
 from resilience._core.provider import MAX_LABEL_LENGTH, OTHER, Provider, encodable
 from resilience._core.route import Route, RoutePolicy, Target, route_host
 from resilience._core.snapshot import RegistrySnapshot
+from resilience._core.window import TimeWindow
 
 if TYPE_CHECKING:
     from prometheus_client.registry import CollectorRegistry
@@ -76,6 +77,8 @@ class ProviderRegistry:
         self._providers: dict[str, Provider] = {}
         self._guards: dict[str, type[Guard]] = {}
         """Each provider's own :class:`Guard` class: ``guard(name)`` runs no Python ``__init__``."""
+        self._model_guards: dict[tuple[Provider, TimeWindow], type[Guard]] = {}
+        """The same for ``guard(name, model)``, by provider and model window (both capped)."""
         self._hosts: dict[str, str] = {}
         self._wildcards: list[tuple[str, str]] = []
         self._label_overflows = 0
@@ -301,11 +304,23 @@ class ProviderRegistry:
         if model is None:  # the fast path: a name
             bound = self._guards.get(provider)  # type: ignore[arg-type]
             if bound is not None:
-                return bound()  # type: ignore[call-arg]  # a bound subclass: its __init__ is object's
+                return bound()  # a bound subclass: its __init__ is object's
         target = self._providers.get(provider)  # type: ignore[arg-type]
         if target is None:
             target = provider if isinstance(provider, Provider) else self.resolve(provider)
-        return Guard(target, target.model_window(model))
+        window = target.model_window(model)
+        if window is None:  # a Provider given, not its name
+            bound = self._guards.get(target.name)
+            if bound is None or bound.provider is not target:
+                bound = Guard.bound(target)  # another registry's provider: rare, and dear
+            return bound()
+        key = (target, window)
+        bound = self._model_guards.get(key)
+        if bound is None:
+            if len(self._model_guards) >= self.max_providers * (self.max_models + 1):
+                self._model_guards.clear()  # providers replaced many times over: start again
+            bound = self._model_guards[key] = Guard.bound(target, window)
+        return bound()
 
     def snapshot(self) -> RegistrySnapshot:
         """Every provider's numbers now: what the endpoints and gauges show."""
