@@ -507,6 +507,7 @@ class Provider:
             # everything pending arrived before fold_at: keep it in that bucket
             when = fold_at - self._fold_width * 1e-6
         folded: list[float] | None = None  # every duration folded, of all windows
+        folded_sum: float | None = None  # their sum, once one window's is taken
         latency: dict[int, int] = {}  # their histogram buckets, once one window's are counted
         firsts: dict[int, int] = {}  # the buckets of their times to first token, likewise
         extras: Extras | None = None
@@ -519,8 +520,10 @@ class Provider:
             if rich:
                 more = Extras(_drain(rich))
                 durations += more.durations
+            window_sum = None
             if window is not stats:
-                latency = bucket_counts(durations, reorder=True)  # its own list, as below
+                window_sum = math.fsum(durations)
+                latency = bucket_counts(durations, total=window_sum, reorder=True)  # its own list, as below
                 window.record_successes(when, len(durations), latency, more)
                 if more is not None and more.ttft:
                     ttft_window = window.ttft
@@ -529,10 +532,10 @@ class Provider:
                     firsts = bucket_counts(more.ttft)
                     ttft_window.record_successes(when, len(more.ttft), firsts)
             if folded is None:
-                folded = durations
-            else:  # a second window: the buckets are counted over all of them below
+                folded, folded_sum = durations, window_sum
+            else:  # a second window: the buckets and the sum are taken over all of them below
                 folded += durations
-                latency, firsts = {}, {}
+                latency, firsts, folded_sum = {}, {}, None
             if more is not None:
                 if extras is None:
                     extras = more
@@ -540,7 +543,7 @@ class Provider:
                     extras.add(more)
         if folded is not None:
             n = len(folded)
-            duration_sum = math.fsum(folded)
+            duration_sum = math.fsum(folded) if folded_sum is None else folded_sum
             if not latency:  # folded is this fold's own list: sorting it in place spares a copy
                 latency = bucket_counts(folded, total=duration_sum, reorder=True)
             stats.record_successes(when, n, latency, extras)
